@@ -1,0 +1,1 @@
+"""Prefect flows orchestrating the DVC pipeline."""

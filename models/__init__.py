@@ -1,0 +1,1 @@
+"""CoCoNet network and losses (code only; weights live in MLflow and DVC)."""
