@@ -1,0 +1,131 @@
+"""The CoCoNet fusion network (Liu et al., IJCV 2023), as its paper and official code define it.
+
+Parameter count (``trainable_parameters``): **6,789,764** trainable parameters — every convolution
+weight and bias of the U-Net, the three multi-level attention modules (their CA q/k/v convolutions
+and γ, and the 3C->C fusion convolutions), the decoder, the 1x1 output convolution, and the
+BatchNorm affine weights and biases. Not counted: BatchNorm running statistics (buffers) and the
+frozen VGG-19 (20,023,232 parameters: the whole 16-conv ``features`` stack with its one-channel
+first convolution, kept so the contrastive loss shares it). The official code also builds a
+32-channel CA that its forward pass never uses; it is left out here, which is why the count is the
+paper's ≈ 6.79 M.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.attention import MultiLevelAttention
+from models.vgg import VGG19Features
+
+PAD_MULTIPLE = 16
+
+
+def conv_block(in_channels: int, out_channels: int, norm: bool = True) -> nn.Sequential:
+    """Conv3x3 -> LeakyReLU(0.2) -> BatchNorm, in that order (as the official code)."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        nn.LeakyReLU(0.2, inplace=True),
+    ]
+    if norm:
+        layers.append(nn.BatchNorm2d(out_channels))
+    return nn.Sequential(*layers)
+
+
+class UpConv(nn.Module):
+    """Bilinear x2 upsampling followed by a 3x3 convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> tuple[torch.Tensor, tuple]:
+    """Reflect-pad H and W up to a multiple (replicate where the image is too small to reflect)."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+    if not any(pads):
+        return x, pads
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(x, pads, mode=mode), pads
+
+
+def crop_padding(x: torch.Tensor, pads: tuple) -> torch.Tensor:
+    """Undo ``pad_to_multiple``."""
+    left, right, top, bottom = pads
+    height, width = x.shape[-2:]
+    return x[..., top : height - bottom, left : width - right]
+
+
+class CoCoNet(nn.Module):
+    """CoCoNet: U-Net with multi-level attention over a frozen VGG-19 side encoder.
+
+    ``forward(vis, ir)``: (B,1,H,W) tensors in [-1, 1], any H and W (reflect-padded to a multiple of
+    16 and cropped back) -> fused (B,1,H,W) in [-1, 1] (tanh). Use eval mode for inference.
+
+    Encoder: 2->32->32 at full resolution, then max-pool stages 64,64 (H/2), 128,128 (H/4) and
+    256 (H/8). MAMs at H/8 (feeding a 256->256 bottleneck block), H/4 and H/2 (concatenated with
+    the decoder's upsample+conv features); full resolution gets a plain skip; output 1x1 conv 32->1
+    and tanh. As in the official code, the last 32->32 convolution has no BatchNorm.
+
+    Parameters: 6,789,764 trainable, 20,023,232 frozen (VGG-19); see the module docstring.
+    The state dict holds the VGG tensors too, so a checkpoint restores exactly offline: build
+    with ``vgg_weights="random"`` and load it.
+    """
+
+    def __init__(self, vgg_weights: str = "imagenet") -> None:
+        super().__init__()
+        self.vgg_weights = vgg_weights
+        self.vgg = VGG19Features(vgg_weights)
+        self.pool = nn.MaxPool2d(2)
+        self.enc1 = nn.Sequential(conv_block(2, 32), conv_block(32, 32))
+        self.enc2 = nn.Sequential(conv_block(32, 64), conv_block(64, 64))
+        self.enc3 = nn.Sequential(conv_block(64, 128), conv_block(128, 128))
+        self.enc4 = conv_block(128, 256)
+        self.mam8 = MultiLevelAttention(256)
+        self.bottleneck = conv_block(256, 256)
+        self.up4 = UpConv(256, 128)
+        self.mam4 = MultiLevelAttention(128)
+        self.dec4 = nn.Sequential(conv_block(256, 128), conv_block(128, 128))
+        self.up2 = UpConv(128, 64)
+        self.mam2 = MultiLevelAttention(64)
+        self.dec2 = nn.Sequential(conv_block(128, 64), conv_block(64, 64))
+        self.up1 = UpConv(64, 32)
+        self.dec1 = nn.Sequential(conv_block(64, 32), conv_block(32, 32, norm=False))
+        self.out = nn.Conv2d(32, 1, 1)
+
+    def forward(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        if vis.shape != ir.shape or vis.ndim != 4 or vis.shape[1] != 1:
+            raise ValueError(
+                f"expected two (B,1,H,W) tensors, got {tuple(vis.shape)}, {tuple(ir.shape)}"
+            )
+        x, pads = pad_to_multiple(torch.cat([vis, ir], dim=1))
+        # The VGG runs once over both sources, batched.
+        vgg_half, vgg_quarter, vgg_eighth = self.vgg.side_taps(torch.cat(x.split(1, dim=1), dim=0))
+        vis2, ir2 = vgg_half.chunk(2, dim=0)
+        vis4, ir4 = vgg_quarter.chunk(2, dim=0)
+        vis8, ir8 = vgg_eighth.chunk(2, dim=0)
+
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        e4 = self.enc3(self.pool(e2))
+        e8 = self.enc4(self.pool(e4))
+
+        d8 = self.bottleneck(self.mam8(e8, vis8, ir8))
+        d4 = self.dec4(torch.cat([self.up4(d8), self.mam4(e4, vis4, ir4)], dim=1))
+        d2 = self.dec2(torch.cat([self.up2(d4), self.mam2(e2, vis2, ir2)], dim=1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
+        return crop_padding(torch.tanh(self.out(d1)), pads)
+
+    def trainable_parameters(self) -> int:
+        """Number of parameters the optimiser updates (VGG excluded)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def frozen_parameters(self) -> int:
+        """Number of frozen parameters (the VGG-19)."""
+        return sum(p.numel() for p in self.parameters() if not p.requires_grad)
