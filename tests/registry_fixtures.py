@@ -1,0 +1,109 @@
+"""Helpers shared by the register/lineage/flow tests: a fake project tree (indexes, dvc.lock,
+metrics) and a training run with a tiny logged PyTorch model in a throwaway MLflow store."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+RAW_COLUMNS = [
+    *("pair_id", "dataset", "pair", "split", "width", "height", "ir", "vis", "mask"),
+    *("ir_url", "vis_url", "mask_url", "ir_sha256", "vis_sha256", "mask_sha256"),
+]
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def make_project(root: Path, metrics: dict[str, float], test_salt: str = "") -> Path:
+    """Write data/raw/index.csv, data/masks/index.csv, dvc.lock, params.yaml, metrics.json.
+
+    ``test_salt`` changes the test images' sha256 (a different test split)."""
+    raw, masks = [], []
+    for dataset, split, n in (("tno40", "test", 3), ("tno_masked", "train", 2)):
+        for i in range(n):
+            pair = f"p{i}"
+            salt = test_salt if split == "test" else ""
+            raw.append(
+                {
+                    "pair_id": f"{dataset}/{pair}",
+                    "dataset": dataset,
+                    "pair": pair,
+                    "split": split,
+                    "width": 8,
+                    "height": 8,
+                    "ir": f"data/raw/{dataset}/ir/{pair}.png",
+                    "vis": f"data/raw/{dataset}/vis/{pair}.png",
+                    "mask": "",
+                    "ir_url": f"https://example.org/{dataset}/ir/{pair}.bmp",
+                    "vis_url": f"https://example.org/{dataset}/vis/{pair}.bmp",
+                    "mask_url": "",
+                    "ir_sha256": hashlib.sha256(f"ir{dataset}{pair}{salt}".encode()).hexdigest(),
+                    "vis_sha256": hashlib.sha256(f"vi{dataset}{pair}{salt}".encode()).hexdigest(),
+                    "mask_sha256": "",
+                }
+            )
+            if split == "train":
+                masks.append(
+                    {
+                        "pair_id": f"{dataset}/{pair}",
+                        "mask": f"data/masks/{dataset}/{pair}.png",
+                        "method": "ir_saliency",
+                    }
+                )
+    write_csv(root / "data/raw/index.csv", RAW_COLUMNS, raw)
+    write_csv(root / "data/masks/index.csv", ["pair_id", "mask", "method"], masks)
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "download": {"outs": [{"path": "data/raw", "md5": "a" * 32 + ".dir"}]},
+            "masks": {"outs": [{"path": "data/masks", "md5": "b" * 32 + ".dir"}]},
+            "patches": {"outs": [{"path": "data/patches.h5", "md5": "c" * 32}]},
+            "train": {"outs": [{"path": "artifacts/model.pt", "md5": "d" * 32}]},
+            "evaluate": {"outs": [{"path": "reports/metrics.json", "md5": "e" * 32}]},
+        },
+    }
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+    (root / "params.yaml").write_text("model:\n  vgg_weights: random\n")
+    (root / "reports").mkdir(exist_ok=True)
+    body = {**metrics, "baselines": {"average": {k: v / 2 for k, v in metrics.items()}}}
+    (root / "reports/metrics.json").write_text(json.dumps(body))
+    return root
+
+
+def log_training_run(root: Path, tracking_uri: str, experiment: str = "coconet") -> dict:
+    """A finished MLflow run holding a tiny PyTorch model; writes artifacts/train_run.json."""
+    import mlflow
+    import torch
+
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else mlflow.create_experiment(experiment)
+    with mlflow.start_run(experiment_id=exp_id) as run:
+        mlflow.log_param("train.lr", 0.0001)
+        mlflow.log_metric("epoch_loss", 0.5)
+        info = mlflow.pytorch.log_model(
+            torch.nn.Linear(2, 1),
+            name="model",
+            serialization_format="pickle",
+            pip_requirements=["torch"],
+        )
+    record = {
+        "run_id": run.info.run_id,
+        "experiment_id": exp_id,
+        "tracking_uri": tracking_uri,
+        "model_uri": info.model_uri,
+        "params_digest": "0" * 64,
+    }
+    (root / "artifacts").mkdir(exist_ok=True)
+    (root / "artifacts/train_run.json").write_text(json.dumps(record))
+    return record
