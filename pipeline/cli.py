@@ -233,3 +233,60 @@ def model_summary(
     console.print(f"trainable parameters: {info['trainable']:,}")
     console.print(f"frozen parameters (VGG-19): {info['frozen']:,}")
     console.print(f"MACs at {width}x{height}: {info['macs'] / 1e9:.2f} G ({info['macs']:,})")
+
+
+# --- train and evaluate (pipeline/train.py, pipeline/evaluate.py) -------------------------
+
+RootOption = Annotated[
+    Path | None, typer.Option("--root", help="Project root for data and outputs.")
+]
+
+
+@app.command()
+def train(
+    params_file: ParamsOption = PARAMS_FILE,
+    root: RootOption = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Train on CPU even if CUDA is present.")] = (
+        False
+    ),
+) -> None:
+    """Train CoCoNet (phase 1 adaptive loss, phase 2 + contrastive) on data/patches.h5.
+
+    Resumes from the last checkpoint in artifacts/checkpoints when it was made with the same
+    train/model params and patches. Tracks the run in MLflow and writes artifacts/model.pt,
+    artifacts/train_run.json and reports/train_loss.csv. Data-parallel:
+    torchrun --nproc_per_node=N -m pipeline.train.
+    """
+    from models.vgg import VGGWeightsError
+    from pipeline.params import PROJECT_ROOT, load_params
+    from pipeline.train import TrainPaths
+    from pipeline.train import train as run_training
+
+    try:
+        record = run_training(
+            load_params(params_file), TrainPaths((root or PROJECT_ROOT).resolve()), cpu
+        )
+    except VGGWeightsError as exc:
+        fail(str(exc))
+    if record:
+        typer.echo(f"MLflow run {record['run_id']}; model {record['model_uri']}")
+
+
+@app.command()
+def evaluate(params_file: ParamsOption = PARAMS_FILE, root: RootOption = None) -> None:
+    """Evaluate the trained model and the classical baselines on the test split.
+
+    Writes reports/metrics.json, reports/evaluation/ (per_image.csv, report.md, gallery/,
+    fused/) and logs them to the training's MLflow run (artifacts/train_run.json).
+    """
+    from pipeline.evaluate import EvalPaths
+    from pipeline.evaluate import evaluate as run_evaluation
+    from pipeline.fuse import ModelLoadError
+    from pipeline.params import PROJECT_ROOT, load_params
+
+    paths = EvalPaths((root or PROJECT_ROOT).resolve())
+    try:
+        means = run_evaluation(load_params(params_file), paths)
+    except ModelLoadError as exc:
+        fail(str(exc))
+    typer.echo(f"evaluated {len(means)} methods; see {paths.out / 'report.md'}")

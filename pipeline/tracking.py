@@ -7,9 +7,11 @@ Under DDP only rank 0 calls anything here that touches MLflow.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,14 +42,17 @@ def resolve_tracking_uri(uri: str, root: Path = PROJECT_ROOT) -> str:
 
 def setup_experiment(params: Params, root: Path = PROJECT_ROOT) -> str:
     """Point MLflow at the configured store and return the experiment id, creating the
-    experiment (with its artifact location) if missing. A file lock makes the first creation
-    safe when several processes start at once."""
+    experiment (with its artifact location) if missing. A file lock (in the temp folder, one
+    per store) makes the first creation safe when several processes start at once."""
     import mlflow
 
     uri = resolve_tracking_uri(params.tracking.uri, root)
     mlflow.set_tracking_uri(uri)
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".mlflow.lock")):
+    lock = (
+        Path(tempfile.gettempdir())
+        / f"coconet-mlflow-{hashlib.sha1(uri.encode()).hexdigest()[:12]}.lock"
+    )
+    with FileLock(str(lock)):
         experiment = mlflow.get_experiment_by_name(params.tracking.experiment)
         if experiment is not None:
             experiment_id = experiment.experiment_id

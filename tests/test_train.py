@@ -1,0 +1,243 @@
+"""The train stage on a tiny synthetic patches file: outputs, tracking, resume, DDP, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from pipeline import checkpoint, train
+from pipeline.params import PROJECT_ROOT, Params
+
+PATCH = 32  # the smallest size the contrastive loss's VGG taps accept is 16
+N_PATCHES = 8
+
+
+def write_patches(path, n: int = N_PATCHES, size: int = PATCH, seed: int = 0) -> None:
+    """A patches.h5 in the patches stage's format: half the patches have a mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    patches = np.zeros((n, 3, size, size), np.uint8)
+    for k in range(n):
+        vis = 128 + 60 * np.sin(xx / (2 + k)) + rng.normal(0, 10, (size, size))
+        ir = 40 + rng.normal(0, 5, (size, size))
+        if k % 2 == 0:
+            blob = (yy - size / 2) ** 2 + (xx - size / 3) ** 2 < (size / 5) ** 2
+            ir[blob] = 230
+            patches[k, 2] = blob * 255
+        patches[k, 0], patches[k, 1] = (np.clip(a, 0, 255) for a in (vis, ir))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("patches", data=patches)
+        h5.create_dataset("pair_id", data=np.array([f"synth/p{k}" for k in range(n)], dtype="S"))
+        h5.create_dataset("yx", data=np.zeros((n, 2), np.int32))
+        h5.attrs["size"] = size
+
+
+def tiny_params(**train_overrides) -> Params:
+    return Params.model_validate(
+        {
+            "model": {"vgg_weights": "random"},
+            "tracking": {"experiment": "test-train"},
+            "train": {
+                "batch_size": 4,
+                "phase1_epochs": 1,
+                "phase2_epochs": 1,
+                "max_steps_per_epoch": 2,
+                "log_every": 1,
+                **train_overrides,
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One MLflow SQLite store for the module (creating its tables takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def project(tmp_path, store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    write_patches(tmp_path / "data" / "patches.h5")
+    return train.TrainPaths(tmp_path)
+
+
+def model_state(paths: train.TrainPaths) -> dict[str, torch.Tensor]:
+    return torch.load(paths.model, weights_only=True)["state_dict"]
+
+
+def test_two_phase_training_writes_every_output(project):
+    import mlflow
+
+    record = train.train(tiny_params(), project, force_cpu=True)
+
+    saved = torch.load(project.model, weights_only=True)
+    assert set(saved) >= {"state_dict", "vgg_weights", "params"}
+    assert saved["vgg_weights"] == "random"
+    assert saved["params"]["train"]["batch_size"] == 4
+
+    losses = pd.read_csv(project.loss_csv)
+    assert list(losses.columns) == list(train.HISTORY_COLUMNS)
+    assert losses["step"].tolist() == [1, 2, 3, 4]
+    assert losses["phase"].tolist() == [1, 1, 2, 2]
+    phase1, phase2 = losses[losses.phase == 1], losses[losses.phase == 2]
+    assert (phase1["contrastive"] == 0).all()
+    assert (phase2["contrastive"] > 0).all()
+    assert np.allclose(losses["loss"], losses["adaptive"] + losses["contrastive"], rtol=1e-5)
+
+    assert json.loads(project.run_info.read_text()) == record
+    run = mlflow.get_run(record["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.phase1_epochs"] == "1"
+    assert run.data.params["model.vgg_weights"] == "random"
+    assert run.data.tags["vgg_weights"] == "random"
+    assert run.data.tags["git_commit"] == run.data.tags["mlflow.source.git.commit"]
+    assert {"epoch_loss", "step_loss", "step_contrastive", "patches_per_s"} <= set(run.data.metrics)
+    history = mlflow.MlflowClient().get_metric_history(record["run_id"], "step_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+
+    loaded = mlflow.pytorch.load_model(record["run_model_uri"], map_location="cpu")
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, saved["state_dict"][key]), key
+
+
+def test_resume_after_crash_matches_uninterrupted_run(project, tmp_path_factory, monkeypatch):
+    params = tiny_params()
+    train.train(params, project, force_cpu=True)
+    straight = model_state(project)
+    straight_losses = pd.read_csv(project.loss_csv)
+
+    other = train.TrainPaths(tmp_path_factory.mktemp("resumed"))
+    (other.root / "data").mkdir()
+    shutil.copy(project.patches, other.patches)
+
+    class Crash(RuntimeError):
+        pass
+
+    real_save = train.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise Crash("simulated crash after the first checkpoint")
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        train.train(params, other, force_cpu=True)
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    assert not other.model.exists()
+    crashed = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(other.checkpoints))
+    assert crashed["epoch"] == 1 and crashed["phase"] == 1
+
+    record = train.train(params, other, force_cpu=True)
+    resumed = model_state(other)
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    pd.testing.assert_frame_equal(pd.read_csv(other.loss_csv), straight_losses)
+    assert record["run_id"] == crashed["run_id"]  # the same MLflow run continues
+
+    final = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(other.checkpoints))
+    ref = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(project.checkpoints))
+    assert final["optimizer"]["state"].keys() == ref["optimizer"]["state"].keys()
+    for key, value in final["optimizer"]["state"].items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(value[name], ref["optimizer"]["state"][key][name])
+
+
+def test_checkpoint_of_other_params_or_data_is_not_resumed(project, capsys):
+    params = tiny_params(phase2_epochs=0)
+    train.train(params, project, force_cpu=True)
+    expected = checkpoint.fingerprint(params, project.patches)
+    state, message = checkpoint.find_resumable(project.checkpoints, expected)
+    assert state is not None and "resuming" in message
+
+    other_params = checkpoint.fingerprint(tiny_params(phase2_epochs=0, lr=1e-3), project.patches)
+    state, message = checkpoint.find_resumable(project.checkpoints, other_params)
+    assert state is None and "different params" in message
+
+    write_patches(project.patches, seed=1)
+    state, message = checkpoint.find_resumable(project.checkpoints, expected | {"patches_md5": "0"})
+    assert state is None and "different patches_md5" in message
+
+    capsys.readouterr()
+    train.train(params, project, force_cpu=True)  # new data: trains from scratch
+    assert "starting fresh" in capsys.readouterr().out
+
+
+def test_rng_state_round_trips_through_weights_only_load(tmp_path):
+    import random
+
+    train.seed_everything(3)
+    state = checkpoint.rng_state()
+    expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    checkpoint.save_checkpoint(tmp_path, 1, {"rng": [state]})
+    checkpoint.set_rng_state(checkpoint.load_checkpoint(tmp_path / "epoch_001.pt")["rng"][0])
+    again = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    assert torch.equal(expected[0], again[0])
+    assert np.array_equal(expected[1], again[1])
+    assert expected[2] == again[2]
+
+
+def test_missing_patches_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no patches file; run the patches stage"):
+        train.train(tiny_params(), train.TrainPaths(tmp_path), force_cpu=True)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny_params().model_dump(mode="json", by_alias=True)))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.train", "--params", params_file, "--root", tmp_path],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+    )
+    assert result.returncode == 1
+    assert "error:" in result.stderr and "patches.h5: no patches file" in result.stderr
+    assert not (tmp_path / "artifacts" / "model.pt").exists()
+
+
+def test_two_process_ddp_on_cpu(project, store):
+    """torchrun with two gloo processes: one run, rank 0's outputs, both ranks' RNG saved."""
+    params_file = project.root / "params.yaml"
+    params = tiny_params(phase1_epochs=1, phase2_epochs=1)
+    params_file.write_text(yaml.safe_dump(params.model_dump(mode="json", by_alias=True)))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "pipeline.train",
+        "--params",
+        str(params_file),
+        "--root",
+        str(project.root),
+        "--cpu",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(project.run_info.read_text())
+    # 8 patches over 2 ranks at 2 per rank: 2 steps per epoch, capped at 2
+    assert pd.read_csv(project.loss_csv)["step"].tolist() == [1, 2, 3, 4]
+    final = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(project.checkpoints))
+    assert len(final["rng"]) == 2
+    assert not torch.equal(final["rng"][0]["torch"], final["rng"][1]["torch"])
+
+    import mlflow
+
+    mlflow.set_tracking_uri(store)
+    tags = mlflow.get_run(record["run_id"]).data.tags
+    assert tags["world_size"] == "2"
