@@ -45,8 +45,10 @@ class MasksParams(_Section):
     min_region_frac: float = Field(0.0005, ge=0, lt=1)
     min_contrast: float = Field(0.15, ge=0)
     max_area_frac: float = Field(0.25, gt=0, le=1)
-    saliency_sigma: float = Field(3.0, gt=0)
-    saliency_k: float = 2.0
+    saliency_sigma: float = Field(1.5, gt=0)
+    saliency_surround: float = Field(0.3, ge=0)
+    saliency_k: float = 3.5
+    saliency_k_low: float = 2.0
     preview_pairs: int = Field(8, ge=1)
 
 
