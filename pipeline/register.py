@@ -57,15 +57,17 @@ class Decision:
 
 
 def coconet_means(metrics: dict[str, Any]) -> dict[str, float]:
-    """CoCoNet's mean metrics from ``reports/metrics.json``: the numbers at top level (or
-    under a ``coconet`` key), baselines and other nested sections ignored."""
+    """CoCoNet's mean metrics from ``reports/metrics.json``: the known metric names at top
+    level (or under a ``coconet`` key); baselines, counts and undefined (null) means ignored."""
+    from pipeline.metrics import METRIC_DIRECTION
+
     source = metrics.get("coconet", metrics)
-    if isinstance(source, dict) and "mean" in source and isinstance(source["mean"], dict):
+    if isinstance(source, dict) and isinstance(source.get("mean"), dict):
         source = source["mean"]
     means = {
         k: float(v)
         for k, v in source.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
+        if k in METRIC_DIRECTION and isinstance(v, int | float) and not isinstance(v, bool)
     }
     if not means:
         raise ValueError("metrics.json holds no CoCoNet mean metrics")
