@@ -1,0 +1,114 @@
+"""The ``retrain`` Prefect flow: ingest new inbox pairs, re-run what changed, register.
+
+One run at a time: a file lock in ``.dvc/tmp`` (works without a server, also against a manual
+``coconet retrain``) and, when served, a deployment concurrency limit of 1. A run that finds
+the lock taken ends at once and says so. With no new pair and no pending DVC change (e.g. an
+edited catalogue, params or code) the run ends quickly, saying there is nothing new. Otherwise
+the pairs are ingested (:mod:`flows.inbox`), the ``pipeline`` flow runs as a subflow (DVC
+re-runs only the stages whose inputs changed; register promotes by rule) and, only after it
+succeeded, the ingested pairs leave the inbox. A failure undoes the ingestion and leaves the
+inbox as it was; the champion alias moves only at the very end of a successful register stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from flows import inbox as inbox_mod
+from flows.dvc_cli import pending_stages
+from flows.pipeline import pipeline, run_logger
+from pipeline.params import PROJECT_ROOT
+
+LOCK_NAME = "coconet-retrain.lock"
+
+
+def lock_path(root: Path) -> Path:
+    """The retrain lock file: inside ``.dvc/tmp`` (ignored by git and DVC)."""
+    return root / ".dvc" / "tmp" / LOCK_NAME
+
+
+@task(name="scan-inbox", cache_policy=NONE)
+def scan(inbox: str, project_dir: str) -> dict[str, Any]:
+    """Verify the inbox pairs and sort them into new, already ingested and rejected."""
+    logger = run_logger()
+    pairs, rejected = inbox_mod.scan_inbox(Path(inbox))
+    new, duplicate, conflicts = inbox_mod.plan(pairs, Path(project_dir))
+    rejected.update(conflicts)
+    for name, reason in rejected.items():
+        logger.warning("inbox pair %s rejected (left in place): %s", name, reason)
+    logger.info(
+        "inbox %s: %d new pair(s), %d already ingested, %d rejected",
+        inbox,
+        len(new),
+        len(duplicate),
+        len(rejected),
+    )
+    return {"new": new, "duplicate": duplicate, "rejected": rejected}
+
+
+@task(name="dvc-status", cache_policy=NONE)
+def pending(project_dir: str) -> dict[str, Any]:
+    """Stages DVC would re-run (changed catalogue, params, code or data)."""
+    return pending_stages(Path(project_dir))
+
+
+@task(name="ingest", cache_policy=NONE)
+def ingest(pairs: list[inbox_mod.InboxPair], project_dir: str) -> inbox_mod.Snapshot:
+    """Copy the new pairs into the DVC-tracked dataset (see :mod:`flows.inbox`)."""
+    snapshot = inbox_mod.ingest(pairs, Path(project_dir))
+    run_logger().info("ingested %s", ", ".join(p.name for p in pairs))
+    return snapshot
+
+
+@flow(name="coconet-retrain")
+def retrain(
+    project_dir: str | None = None,
+    inbox: str | None = None,
+    download_retries: int = 2,
+) -> dict[str, Any]:
+    """Retrain on new data: inbox pairs or any pending DVC change; nothing new -> quick exit."""
+    root = Path(project_dir or PROJECT_ROOT).resolve()
+    inbox_dir = Path(inbox) if inbox else inbox_mod.default_inbox(root)
+    logger = run_logger()
+    path = lock_path(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.warning("another retrain holds %s; this run does nothing", path)
+        return {"status": "busy"}
+    try:
+        found = scan(str(inbox_dir), str(root))
+        new, duplicate = found["new"], found["duplicate"]
+        changes = {} if new else pending(str(root))
+        if not new and not changes:
+            logger.info("nothing new: no new inbox pairs and every DVC stage is up to date")
+            if duplicate:
+                inbox_mod.clear_inbox(duplicate)
+            return {"status": "nothing new", "rejected": found["rejected"]}
+        if changes:
+            logger.info("pending DVC changes: %s", ", ".join(changes))
+        snapshot = ingest(new, str(root)) if new else None
+        try:
+            result = pipeline(project_dir=str(root), download_retries=download_retries)
+        except BaseException:
+            if snapshot is not None:
+                inbox_mod.rollback(snapshot)
+                logger.error("pipeline failed: ingestion undone, inbox left as it was")
+            raise
+        inbox_mod.clear_inbox(new + duplicate)
+        return {
+            "status": "retrained",
+            "ingested": [p.name for p in new],
+            "rejected": found["rejected"],
+            "ran": result["ran"],
+            "registered": result["registered"],
+        }
+    finally:
+        lock.release()
