@@ -290,3 +290,155 @@ def evaluate(params_file: ParamsOption = PARAMS_FILE, root: RootOption = None) -
     except ModelLoadError as exc:
         fail(str(exc))
     typer.echo(f"evaluated {len(means)} methods; see {paths.out / 'report.md'}")
+
+
+# --- register, lineage and flows (pipeline/register.py, pipeline/lineage.py, flows/) -------
+
+
+@app.command()
+def register(params_file: ParamsOption = PARAMS_FILE, root: RootOption = None) -> None:
+    """Register the trained model as params register.model_name and promote it by rule.
+
+    The first version becomes 'champion'; a later one only if it beats the champion on at least
+    register.min_wins of register.promote_metrics on the same test split, else 'challenger'.
+    Writes artifacts/registered.json (the DVC register stage runs this).
+    """
+    from pipeline.params import PROJECT_ROOT, load_params
+    from pipeline.register import register as run_register
+
+    try:
+        record = run_register(load_params(params_file), (root or PROJECT_ROOT).resolve())
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"{record['name']} v{record['version']} -> {record['alias']}: {record['reason']}")
+
+
+@app.command()
+def lineage(
+    target: Annotated[
+        str, typer.Argument(help="Model URI (models:/name@alias, models:/name/N) or run id.")
+    ] = "models:/coconet@champion",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option("--verify", help="Re-hash local data and outputs; exit 1 on any drift."),
+    ] = False,
+    root: RootOption = None,
+) -> None:
+    """Show a model's lineage: version and aliases, MLflow run, dvc.lock hashes, datasets.
+
+    Read from what register recorded in MLflow, so it survives deleted local data. --verify
+    recomputes DVC's md5 of each recorded path (and the params digest) and reports drift.
+    """
+    from pipeline.lineage import LineageError, audit
+    from pipeline.params import PROJECT_ROOT
+
+    try:
+        text, drift = audit(target, as_json, verify, (root or PROJECT_ROOT).resolve())
+    except LineageError as exc:
+        fail(str(exc))
+    typer.echo(text)
+    if drift:
+        fail("local files differ from the recorded lineage (see verify above)")
+
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-S",
+        help="Override a param before running, e.g. -S train.phase1_epochs=1 (edits params.yaml).",
+    ),
+]
+InboxOption = Annotated[
+    Path | None,
+    typer.Option("--inbox", help="Inbox folder (default $COCONET_INBOX or <root>/inbox)."),
+]
+
+
+def _flow_failed(exc: Exception) -> None:
+    fail(f"{type(exc).__name__}: {exc}")
+
+
+@app.command()
+def run(
+    overrides: SetOption = None,
+    retries: Annotated[int, typer.Option("--retries", help="Retries of the download.")] = 2,
+    root: RootOption = None,
+) -> None:
+    """Run the pipeline as a Prefect flow: each DVC stage in order via `dvc repro -s <stage>`.
+
+    Up-to-date stages are skipped by DVC. -S/--set key=value edits params.yaml first (kept, like
+    `dvc exp run -S` in the workspace; validated, the file is restored if invalid). Without
+    PREFECT_API_URL the flow runs against Prefect's temporary local server.
+    """
+    from flows.env import telemetry_off
+
+    telemetry_off()
+    from flows.dvc_cli import DvcError
+    from flows.pipeline import pipeline
+    from pipeline.params import PROJECT_ROOT
+
+    try:
+        result = pipeline(str((root or PROJECT_ROOT).resolve()), overrides or [], retries)
+    except DvcError as exc:
+        _flow_failed(exc)
+    typer.echo(result["report"])
+
+
+@app.command()
+def retrain(inbox: InboxOption = None, root: RootOption = None) -> None:
+    """Retrain once on new data: ingest inbox pairs, re-run what changed, register, promote.
+
+    Inbox layout: inbox/<pair>/ir.<ext> + vis.<ext> (+ optional mask.<ext>), same sizes.
+
+    Ends at once when there is nothing new or another retrain is running. A failed run leaves
+    the inbox and the champion as they were.
+    """
+    from flows.env import telemetry_off
+
+    telemetry_off()
+    from flows.dvc_cli import DvcError
+    from flows.retrain import retrain as retrain_flow
+    from pipeline.params import PROJECT_ROOT
+
+    try:
+        result = retrain_flow(str((root or PROJECT_ROOT).resolve()), str(inbox) if inbox else None)
+    except DvcError as exc:
+        _flow_failed(exc)
+    typer.echo(f"retrain: {result['status']}")
+    for name, reason in (result.get("rejected") or {}).items():
+        typer.echo(f"  rejected {name}: {reason}")
+    if result.get("registered") and result["status"] == "retrained":
+        reg = result["registered"]
+        typer.echo(f"  {reg['name']} v{reg['version']} -> {reg['alias']}: {reg['reason']}")
+
+
+@app.command()
+def schedule(
+    cron: Annotated[
+        str | None, typer.Option("--cron", help='Cron schedule, e.g. "0 3 * * 1".')
+    ] = None,
+    interval: Annotated[
+        float | None, typer.Option("--interval", help="Run every SECONDS instead.")
+    ] = None,
+    inbox: InboxOption = None,
+    name: Annotated[str, typer.Option("--name", help="Deployment name.")] = "coconet-retrain",
+    root: RootOption = None,
+) -> None:
+    """Serve the retrain flow on a schedule until interrupted (needs a Prefect server).
+
+    Start one with `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api
+    (or a remote server's URL). One run at a time; stopping this process does not pause the
+    schedule. Telemetry is off unless PREFECT_SERVER_ANALYTICS_ENABLED / DO_NOT_TRACK are set.
+    """
+    from flows.env import telemetry_off
+
+    telemetry_off()
+    from flows.schedule import ScheduleError, serve
+    from pipeline.params import PROJECT_ROOT
+
+    try:
+        serve((root or PROJECT_ROOT).resolve(), inbox, cron, interval, name)
+    except ScheduleError as exc:
+        fail(str(exc), 2)
