@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline.imageio import LUMA_WEIGHTS, to_uint8
 from pipeline.metrics_edge import nabf, qabf
-from pipeline.metrics_window import VIF_MIN_SIDE, ssim, vif
+from pipeline.metrics_window import VIF_MIN_SIDE, ssim, vif, vifp
 
 Convention = Literal["matlab", "cddfuse"]
 CONVENTIONS: tuple[str, ...] = ("matlab", "cddfuse")
@@ -53,6 +53,7 @@ __all__ = [
     "ssim",
     "standard_deviation",
     "vif",
+    "vifp",
 ]
 
 

@@ -8,6 +8,7 @@ applied as two 1-D passes (OpenCV), which equals the 2-D filter up to float roun
 
 from __future__ import annotations
 
+import math
 from functools import cache
 
 import cv2
@@ -68,27 +69,16 @@ def _vif_terms(
     return float(num), float(den)
 
 
-def vif(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "matlab") -> float:
-    """VIF = vifp(A, F) + vifp(B, F): multi-scale pixel-domain visual information fidelity.
+def vifp_many(refs: list[np.ndarray], dist: np.ndarray, convention: str = "matlab") -> list[float]:
+    """vifp(ref, dist) for each reference against one distorted image (shared filtering).
 
-    Sheikh and Bovik, "Image information and visual quality", IEEE TIP 15(2), 2006, in the
-    pixel-domain form of their ``vifp_mscale.m``, with each source as the reference. For
-    scale s = 1..4 a Gaussian window of N = 2^(5-s) + 1 taps (17, 9, 5, 3) and sigma N/5 is used;
-    for s > 1 both images are first filtered with it ('valid') and decimated by 2. Local
-    statistics ('valid'): mu, s1 = var(ref), s2 = var(dist) (negatives clipped to 0),
-    s12 = cov. g = s12 / (s1 + 1e-10), sv = s2 - g s12, then in this order: where s1 < 1e-10
-    g = 0, sv = s2, s1 = 0; where s2 < 1e-10 g = sv = 0; where g < 0 sv = s2, g = 0;
-    sv = max(sv, 1e-10). With sigma_n^2 = 2:
-
-        vifp = sum_{scales, pixels} log10(1 + g^2 s1 / (sv + 2)) / sum log10(1 + s1 / 2)
-
-    A constant source gives 0/0: NaN under ``matlab`` (as MATLAB's division), 1.0 under
-    ``cddfuse`` (its evaluator replaces a NaN term by 1). Not Han et al.'s 2013 VIFF.
+    Sheikh and Bovik's multi-scale pixel-domain VIF (``vifp_mscale.m``), as defined in
+    :func:`vif`. A constant reference gives 0/0: NaN under ``matlab`` (as MATLAB's division),
+    1.0 under ``cddfuse`` (its evaluator replaces a NaN term by 1).
     """
-    if min(f.shape) < VIF_MIN_SIDE:
-        raise ValueError(f"VIF needs images of at least {VIF_MIN_SIDE} px a side, got {f.shape}")
-    refs, dist = [a, b], f
-    nums, dens = [0.0, 0.0], [0.0, 0.0]
+    if min(dist.shape) < VIF_MIN_SIDE:
+        raise ValueError(f"VIF needs images of at least {VIF_MIN_SIDE} px a side, got {dist.shape}")
+    nums, dens = [0.0] * len(refs), [0.0] * len(refs)
     for scale in range(1, VIF_SCALES + 1):
         size = 2 ** (VIF_SCALES + 1 - scale) + 1
         taps = gaussian_taps(size, size / 5.0)
@@ -107,14 +97,37 @@ def vif(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "matlab")
             )
             nums[i] += num
             dens[i] += den
-    total = 0.0
+    terms = []
     for num, den in zip(nums, dens, strict=True):
         with np.errstate(invalid="ignore", divide="ignore"):
-            term = np.float64(num) / np.float64(den)
-        if np.isnan(term) and convention == "cddfuse":
-            term = 1.0
-        total += float(term)
-    return total
+            term = float(np.float64(num) / np.float64(den))
+        terms.append(1.0 if math.isnan(term) and convention == "cddfuse" else term)
+    return terms
+
+
+def vifp(ref: np.ndarray, dist: np.ndarray, convention: str = "matlab") -> float:
+    """One VIF term, vifp(ref, dist), with ``ref`` the reference (see :func:`vif`)."""
+    return vifp_many([ref], dist, convention)[0]
+
+
+def vif(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "matlab") -> float:
+    """VIF = vifp(A, F) + vifp(B, F): multi-scale pixel-domain visual information fidelity.
+
+    Sheikh and Bovik, "Image information and visual quality", IEEE TIP 15(2), 2006, in the
+    pixel-domain form of their ``vifp_mscale.m``, with each source as the reference. For
+    scale s = 1..4 a Gaussian window of N = 2^(5-s) + 1 taps (17, 9, 5, 3) and sigma N/5 is used;
+    for s > 1 both images are first filtered with it ('valid') and decimated by 2. Local
+    statistics ('valid'): mu, s1 = var(ref), s2 = var(dist) (negatives clipped to 0),
+    s12 = cov. g = s12 / (s1 + 1e-10), sv = s2 - g s12, then in this order: where s1 < 1e-10
+    g = 0, sv = s2, s1 = 0; where s2 < 1e-10 g = sv = 0; where g < 0 sv = s2, g = 0;
+    sv = max(sv, 1e-10). With sigma_n^2 = 2:
+
+        vifp = sum_{scales, pixels} log10(1 + g^2 s1 / (sv + 2)) / sum log10(1 + s1 / 2)
+
+    A constant source gives 0/0: NaN under ``matlab`` (as MATLAB's division), 1.0 under
+    ``cddfuse`` (its evaluator replaces a NaN term by 1). Not Han et al.'s 2013 VIFF.
+    """
+    return float(sum(vifp_many([a, b], f, convention)))
 
 
 SSIM_MATLAB_SIZE = 11
