@@ -15,6 +15,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,9 +179,11 @@ def _log_to_mlflow(
         metrics.update({prefix + k: v for k, v in values.items() if not math.isnan(v)})
     with mlflow.start_run(run_id=run_info["run_id"]):
         mlflow.log_metrics(metrics)
-        dataset = mlflow.data.from_pandas(
-            test.reset_index(drop=True), source=str(paths.index), name="test split"
-        )
+        with warnings.catch_warnings():  # "" and "file" schemes both map to the local source
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(
+                test.reset_index(drop=True), source=str(paths.index), name="test split"
+            )
         mlflow.log_input(dataset, context="evaluation")
         mlflow.log_artifacts(str(paths.out), "evaluation")
         mlflow.log_artifact(str(paths.metrics), "evaluation")

@@ -18,7 +18,7 @@ import yaml
 from pipeline import checkpoint, train
 from pipeline.params import PROJECT_ROOT, Params
 
-PATCH = 32  # the smallest size the contrastive loss's VGG taps accept is 16
+PATCH = 16  # the smallest size the contrastive loss's VGG taps accept
 N_PATCHES = 8
 
 
