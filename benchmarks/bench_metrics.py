@@ -3,7 +3,8 @@
     uv run python benchmarks/bench_metrics.py [--runs 9] [--ir A --vis B --fused F]
 
 Without images it uses a deterministic synthetic triple (smooth scene + edges + noise).
-Prints the median wall time of ``compute_metrics`` per convention and a per-metric breakdown.
+Prints the median wall and CPU (process) time of ``compute_metrics`` per convention and a
+per-metric breakdown; on a shared, loaded machine the CPU time is the steadier figure.
 """
 
 from __future__ import annotations
@@ -41,14 +42,16 @@ def synthetic_triple(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return ir, vis, (ir + vis) / 2
 
 
-def median_time(fn: Callable[[], object], runs: int) -> float:
+def median_times(fn: Callable[[], object], runs: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of ``fn()`` over ``runs`` calls after one warm-up call."""
     fn()  # warm-up: lazy imports, caches
-    times = []
+    wall, cpu = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def main() -> None:
@@ -65,10 +68,16 @@ def main() -> None:
         ir, vis, fused = synthetic_triple()
         source = "synthetic triple"
     print(f"{source}: {fused.shape[1]}x{fused.shape[0]}, 1 thread, median of {args.runs} runs")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     for convention in M.CONVENTIONS:
-        t = median_time(lambda c=convention: M.compute_metrics(ir, vis, fused, c), args.runs)
-        print(f"compute_metrics(convention={convention!r}): {t * 1000:.1f} ms")
+        wall, cpu = median_times(
+            lambda c=convention: M.compute_metrics(ir, vis, fused, c), args.runs
+        )
+        print(
+            f"compute_metrics(convention={convention!r}): "
+            f"wall {wall * 1000:.1f} ms, cpu {cpu * 1000:.1f} ms"
+        )
 
     a8, b8, f8 = (M.prepare_image(x) for x in (ir, vis, fused))
     a, b, f = (x.astype(np.float64) for x in (a8, b8, f8))
@@ -88,9 +97,10 @@ def main() -> None:
         "SSIM cddfuse (skimage)": lambda: M.ssim(a, b, f, "cddfuse"),
         "PSNR": lambda: M.psnr(a, b, f),
     }
-    print("per metric (ms):")
+    print(f"per metric: {'wall ms':>8} {'cpu ms':>8}")
     for name, fn in parts.items():
-        print(f"  {name:<24} {median_time(fn, args.runs) * 1000:7.2f}")
+        wall, cpu = median_times(fn, args.runs)
+        print(f"  {name:<24} {wall * 1000:8.2f} {cpu * 1000:8.2f}")
 
 
 if __name__ == "__main__":

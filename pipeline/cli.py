@@ -78,7 +78,7 @@ def metrics(
 
     Give one triple (--ir --vis --fused) or three folders (--ir-dir --vis-dir --fused-dir)
     whose images pair up by file name; folders print one row per image and the mean.
-    Definitions: /work/shared/METRICS.md (pipeline/metrics.py docstrings).
+    Each metric's formula and reference: the docstrings of pipeline/metrics.py.
     """
     import json
 

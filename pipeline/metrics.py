@@ -176,13 +176,12 @@ def psnr(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: Convention = "
     form: the usual PSNR + 48.13 dB). ``cddfuse``: MSE on the 0..255 scale and
     PSNR = 10 log10(max(F)^2 / MSE). F equal to both sources gives +inf.
     """
+    da, db = (f - a).ravel(), (f - b).ravel()
+    mse = (np.float64(da @ da) + np.float64(db @ db)) / (2.0 * f.size)  # 0..255 scale
     with np.errstate(divide="ignore"):
         if convention == "cddfuse":
-            mse = (np.mean((f - a) ** 2) + np.mean((f - b) ** 2)) / 2.0
             return float(10.0 * np.log10(np.max(f) ** 2 / mse))
-        a1, b1, f1 = a / 255.0, b / 255.0, f / 255.0
-        mse = (np.mean((f1 - a1) ** 2) + np.mean((f1 - b1) ** 2)) / 2.0
-        return float(20.0 * np.log10(255.0 / np.sqrt(mse)))
+        return float(20.0 * np.log10(255.0 / np.sqrt(mse / 255.0**2)))
 
 
 def compute_metrics(
