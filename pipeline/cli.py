@@ -104,7 +104,10 @@ def metrics(
     except ImageError as exc:
         fail(str(exc))
     if csv_out is not None:
-        report.write_csv(csv_out, scored)
+        try:
+            report.write_csv(csv_out, scored)
+        except OSError as exc:
+            fail(f"{csv_out}: cannot write ({exc.strerror or exc})")
     if as_json:
         typer.echo(json.dumps(report.to_json_dict(scored, convention, is_single), indent=2))
     else:
@@ -442,3 +445,48 @@ def schedule(
         serve((root or PROJECT_ROOT).resolve(), inbox, cron, interval, name)
     except ScheduleError as exc:
         fail(str(exc), 2)
+
+
+# --- data stages: download, masks, patches (pipeline/download.py, masks.py, patches.py) ----
+
+
+@app.command()
+def download(params_file: ParamsOption = PARAMS_FILE, root: RootOption = None) -> None:
+    """Fetch and verify the catalogued datasets and weights into data/raw and data/weights.
+
+    Files are cached in $COCONET_CACHE (default ~/.cache/coconet) and verified by sha256/md5;
+    set COCONET_MIRROR (a base URL or folder) to read https://HOST/PATH from MIRROR/HOST/PATH.
+    """
+    from pipeline.catalogue import CatalogueError
+    from pipeline.download import DownloadError, run
+    from pipeline.params import PROJECT_ROOT, load_params
+
+    try:
+        run(load_params(params_file), (root or PROJECT_ROOT).resolve())
+    except (DownloadError, CatalogueError) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def masks(params_file: ParamsOption = PARAMS_FILE, root: RootOption = None) -> None:
+    """Write one salient-target mask per training pair into data/masks (manual, sam, ir_saliency).
+
+    Also scores the automatic method against the manual masks in reports/masks.json and
+    draws reports/masks_preview.png.
+    """
+    from pipeline.masks import MasksError, run
+    from pipeline.params import PROJECT_ROOT, load_params
+
+    try:
+        run(load_params(params_file), (root or PROJECT_ROOT).resolve())
+    except MasksError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def patches(params_file: ParamsOption = PARAMS_FILE, root: RootOption = None) -> None:
+    """Cut seeded training patches (visible Y, infrared, mask) into data/patches.h5."""
+    from pipeline.params import PROJECT_ROOT, load_params
+    from pipeline.patches import run
+
+    run(load_params(params_file), (root or PROJECT_ROOT).resolve())

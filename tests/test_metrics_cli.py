@@ -145,6 +145,13 @@ def test_unmatched_names_in_folders(monkeypatch, capsys, folders):
     assert "unmatched image names" in err and "lacks b" in err and "lacks c" in err
 
 
+def test_unwritable_csv(monkeypatch, capsys, folders, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    code, _, err = run(monkeypatch, capsys, *_single_args(folders), "--csv", str(blocker / "x.csv"))
+    assert code == 1 and "cannot write" in err and "x.csv" in err
+
+
 def test_too_small_image(monkeypatch, capsys, tmp_path):
     paths = []
     for role in ("ir", "vis", "fused"):
