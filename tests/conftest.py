@@ -1,0 +1,57 @@
+"""Shared fixtures: the public data mirror, a random-VGG CoCoNet and a checkpoint made from it.
+
+Other test modules may append their fixtures here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.params import PROJECT_ROOT
+
+TNO_COMMIT = "5f287300dce7cbc90b9e08e6872455af6baa279f"
+TNO_DIR = (
+    f"raw.githubusercontent.com/Zhaozixiang1228/IVIF-DIDFuse/{TNO_COMMIT}/Datasets/Test_data_TNO"
+)
+
+
+@pytest.fixture(scope="session")
+def mirror_root() -> Path:
+    """The public data mirror (``../shared/mirror``, or ``$COCONET_MIRROR``); skip if absent."""
+    root = Path(os.environ.get("COCONET_MIRROR") or PROJECT_ROOT.parent / "shared" / "mirror")
+    if not root.is_dir():
+        pytest.skip(f"public data mirror not found at {root} (set COCONET_MIRROR)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tno_pair(mirror_root: Path) -> tuple[Path, Path]:
+    """(infrared, visible) paths of TNO pair 36 (359x247, an odd size) from the mirror."""
+    folder = mirror_root / TNO_DIR
+    ir, vis = folder / "IR36.bmp", folder / "VIS36.bmp"
+    if not (ir.is_file() and vis.is_file()):
+        pytest.skip(f"TNO test pair 36 not in the mirror ({folder})")
+    return ir, vis
+
+
+@pytest.fixture(scope="session")
+def random_model():
+    """A CoCoNet with random (seeded) VGG-19 and network weights, in eval mode."""
+    from models.coconet import CoCoNet
+
+    torch.manual_seed(0)
+    return CoCoNet(vgg_weights="random").eval()
+
+
+@pytest.fixture(scope="session")
+def model_checkpoint(random_model, tmp_path_factory) -> Path:
+    """``random_model`` saved in the ``artifacts/model.pt`` format."""
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.save(
+        {"state_dict": random_model.state_dict(), "vgg_weights": "random", "params": {}}, path
+    )
+    return path
