@@ -4,6 +4,8 @@
 names its file list ``<name>.tsv`` (columns pair, role, url, sha256, bytes; role is ir, vis or
 mask). Adding a dataset is adding these two files; the TSV can be built from a manifest of
 URLs and hashes with ``python -m pipeline.catalogue import <name> --manifest MANIFEST.tsv``.
+An entry with ``local: true`` names files by their path relative to the project root instead
+of a URL (pairs ingested by the retrain flow); they are verified the same way.
 ``pipeline/catalogue/weights.yaml`` lists the pretrained weight files.
 """
 
@@ -56,6 +58,7 @@ class Dataset:
     split: str
     files: tuple[CatalogueFile, ...]
     excluded: dict[str, str] = field(default_factory=dict)  # pair -> split (e.g. unused)
+    local: bool = False  # files are project-relative paths, not URLs
 
     def pairs(self) -> dict[str, dict[str, CatalogueFile]]:
         """Files grouped by pair name, sorted naturally (2 before 10)."""
@@ -161,6 +164,7 @@ def load_dataset(name: str) -> Dataset:
         split=meta["split"],
         files=files,
         excluded=_excluded_pairs(meta["exclude"], entry) if meta.get("exclude") else {},
+        local=bool(meta.get("local", False)),
     )
     incomplete = [p for p, roles in dataset.pairs().items() if not {"ir", "vis"} <= set(roles)]
     if incomplete:

@@ -255,6 +255,17 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+def verify_local(root: Path, entry: CatalogueFile) -> Path:
+    """A file of a ``local`` dataset (path relative to ``root``), checked against its sha256."""
+    path = root / entry.url
+    if not path.is_file():
+        raise DownloadError(f"{path}: catalogued local file is missing")
+    actual = pooch.file_hash(str(path), alg="sha256")
+    if actual != entry.sha256:
+        raise DownloadError(f"{path}: sha256 is {actual}, the catalogue says {entry.sha256}")
+    return path
+
+
 def _normalise(image: np.ndarray, keep_colour: bool) -> np.ndarray:
     """8-bit grey, or 8-bit RGB when colour is kept and the channels actually differ."""
     if image.ndim == 3:
@@ -271,13 +282,13 @@ def convert_pair(
     dataset: Dataset,
     pair: str,
     files: dict[str, CatalogueFile],
-    cached: dict[str, Path],
+    sources: dict[str, Path],
     out: Path,
 ) -> dict:
     """Write one pair as PNG under ``out/<dataset>/`` and return its index row."""
     pair_id = f"{dataset.name}/{pair}"
     images = {
-        role: _normalise(read_image(cached[entry.key]), keep_colour=role == "vis")
+        role: _normalise(read_image(sources[entry.url]), keep_colour=role == "vis")
         for role, entry in files.items()
     }
     height, width = images["ir"].shape[:2]
@@ -326,22 +337,18 @@ def run(params: Params, root: Path = PROJECT_ROOT) -> pd.DataFrame:
     weights_tmp = Path(tempfile.mkdtemp(prefix=".weights-", dir=root / "data"))
     try:
         readme = fetch_weights(p, mirror, weights_tmp)
-        requests = {
-            f.key: Request(f.key, f.url, f"sha256:{f.sha256}") for d in datasets for f in d.files
-        }
+        remote = {f.url: f for d in datasets if not d.local for f in d.files}
+        requests = [Request(f.key, f.url, f"sha256:{f.sha256}") for f in remote.values()]
         cached = fetch_all(
-            requests.values(),
-            cache_dir(),
-            mirror,
-            workers=p.workers,
-            retries=p.retries,
-            desc="datasets",
+            requests, cache_dir(), mirror, workers=p.workers, retries=p.retries, desc="datasets"
         )
+        sources = {url: cached[f.key] for url, f in remote.items()}
+        sources |= {f.url: verify_local(root, f) for d in datasets if d.local for f in d.files}
         jobs = [(d, pair, files) for d in datasets for pair, files in d.pairs().items()]
         with ThreadPoolExecutor(max_workers=p.workers) as pool:
             rows = list(
                 tqdm(
-                    pool.map(lambda j: convert_pair(*j, cached, raw_tmp), jobs),
+                    pool.map(lambda j: convert_pair(*j, sources, raw_tmp), jobs),
                     total=len(jobs),
                     desc="normalise",
                     unit="pair",
@@ -376,7 +383,11 @@ def main(params_path: Path = PARAMS_FILE) -> None:
 if __name__ == "__main__":
     import sys
 
+    from pipeline.catalogue import CatalogueError
+    from pipeline.imageio import ImageError
+    from pipeline.params import ParamsError
+
     try:
         main()
-    except DownloadError as exc:
+    except (DownloadError, CatalogueError, ImageError, ParamsError) as exc:
         sys.exit(f"error: {exc}")

@@ -290,3 +290,28 @@ def test_real_catalogue_matches_the_mirror_and_keeps_test_scenes_out_of_training
     }
     masked = catalogue.load_dataset("tno_masked").pairs()
     assert sum("mask" in roles for roles in masked.values()) == 20
+
+
+def test_local_dataset_files_are_verified_in_place(tmp_path, tiny):
+    root = tmp_path / "repo"
+    rng = np.random.default_rng(3)
+    rows = []
+    for role in ("ir", "vis"):
+        path = root / f"incoming/x1/{role}.png"
+        _write_png(path, rng.integers(0, 256, (12, 14), np.uint8))
+        url = f"incoming/x1/{role}.png"
+        rows.append(f"x1\t{role}\t{url}\t{sha256(path)}\t{path.stat().st_size}")
+    (catalogue.DATASETS_DIR / "mine.tsv").write_text(
+        "pair\trole\turl\tsha256\tbytes\n" + "\n".join(rows) + "\n"
+    )
+    (catalogue.DATASETS_DIR / "mine.yaml").write_text(
+        "split: train\nlocal: true\nfiles: mine.tsv\n"
+    )
+    index = download.run(_params(tmp_path, str(tiny), datasets=["tinytrain", "mine"]), root)
+    row = index.set_index("pair_id").loc["mine/x1"]
+    assert (row.split, row.width, row.height, row.ir_url) == ("train", 14, 12, "incoming/x1/ir.png")
+    assert (root / row.vis).is_file()
+    (root / "incoming/x1/vis.png").write_bytes(b"changed")
+    with pytest.raises(DownloadError, match="incoming/x1/vis.png: sha256 is"):
+        download.run(_params(tmp_path, str(tiny), datasets=["mine"]), root)
+    assert (root / row.vis).is_file()  # the previous data/raw is untouched by the failed run
