@@ -1,0 +1,152 @@
+"""CoCoNet inference speed on one visible/infrared pair, on CPU and on CUDA when present.
+
+Compares the inference path of ``coconet fuse`` (eval mode, ``torch.inference_mode``,
+channels-last weights and inputs, the VGG-19 run once over both sources) with a naive baseline
+(eval mode, NCHW, autograd recording as in a plain ``model(vis, ir)`` call), and the
+end-to-end ``pipeline.fuse.fuse_arrays`` (numpy in and out). Each variant runs in its own
+process, with the same seeded random weights; the benchmark asserts that all outputs match.
+Prints the median of ``--runs`` timed runs after ``--warmup`` runs, pairs per second and peak
+memory (CPU: growth of the resident set's high-water mark, reset through /proc/self/clear_refs
+where possible, else the ``getrusage`` maxrss delta; CUDA: ``torch.cuda.max_memory_allocated``).
+
+    uv run python benchmarks/bench_inference.py [--size 640x480] [--runs 5] [--warmup 1]
+        [--device all|cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import re
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VARIANTS = ("naive", "fast", "fuse_arrays")
+
+
+def _rss_high_water_kib(reset: bool = False) -> int:
+    """The resident set's high-water mark (KiB); ``reset`` first lowers it to the current RSS."""
+    status = Path("/proc/self/status")
+    if reset:
+        with contextlib.suppress(OSError):  # not allowed everywhere: then no reset
+            Path("/proc/self/clear_refs").write_text("5")
+    if status.is_file():
+        match = re.search(r"VmHWM:\s+(\d+)", status.read_text())
+        if match:
+            return int(match.group(1))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _inputs(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.random((height, width), dtype=np.float32), rng.random(
+        (height, width), dtype=np.float32
+    )
+
+
+def _measure(variant: str, device_name: str, width: int, height: int, runs: int, warmup: int):
+    """Run in a fresh process: (median seconds, peak memory bytes, output array)."""
+    from models.coconet import CoCoNet
+    from pipeline.fuse import fuse_arrays
+
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    model = CoCoNet(vgg_weights="random").to(device).eval()
+    vis_np, ir_np = _inputs(width, height)
+    vis, ir = (torch.from_numpy(a)[None, None].to(device) * 2 - 1 for a in (vis_np, ir_np))
+    if variant == "naive":
+        for param in model.parameters():  # as a plain training-ready model: autograd records
+            param.requires_grad_(True)
+
+        def call():
+            with torch.enable_grad():
+                return model(vis, ir).detach()
+
+    elif variant == "fast":
+        model = model.to(memory_format=torch.channels_last)
+        vis_cl, ir_cl = (t.contiguous(memory_format=torch.channels_last) for t in (vis, ir))
+
+        def call():
+            with torch.inference_mode():
+                return model(vis_cl, ir_cl)
+
+    else:
+        model = model.to(memory_format=torch.channels_last)
+
+        def call():
+            return fuse_arrays(model, vis_np, ir_np)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        call()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_high_water_kib(reset=True)
+    times = []
+    for _ in range(runs):
+        tic = time.perf_counter()
+        out = call()
+        sync()
+        times.append(time.perf_counter() - tic)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = (_rss_high_water_kib() - base) * 1024
+    if isinstance(out, torch.Tensor):
+        out = ((out.float() + 1) / 2).clamp(0, 1)[0, 0].cpu().numpy()
+    return statistics.median(times), peak, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="640x480", help="WxH of the pair")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default="all", choices=["all", "cpu", "cuda"])
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    if not torch.cuda.is_available():
+        if args.device == "cuda":
+            parser.error("no CUDA device")
+        devices = [d for d in devices if d != "cuda"]
+        print("no CUDA device: CPU only")
+    print(f"CoCoNet inference, one {width}x{height} pair, median of {args.runs} runs "
+          f"after {args.warmup} warm-up; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads")  # fmt: skip
+    context = mp.get_context("spawn")
+    for device in devices:
+        if device == "cuda":
+            print(f"device: {torch.cuda.get_device_name(0)}")
+        results = {}
+        for variant in VARIANTS:
+            with context.Pool(1) as pool:
+                job = (variant, device, width, height, args.runs, args.warmup)
+                results[variant] = pool.apply(_measure, job)
+        print(f"{'variant':<12} {'ms/pair':>10} {'pairs/s':>9} {'peak MiB':>10}  [{device}]")
+        for variant, (seconds, peak, _) in results.items():
+            print(f"{variant:<12} {seconds * 1e3:>10.1f} {1 / seconds:>9.3f} {peak / 2**20:>10.1f}")
+        (naive_s, naive_peak, _), (fast_s, fast_peak, _) = results["naive"], results["fast"]
+        print(f"fast vs naive: {naive_s / fast_s:.2f}x faster, "
+              f"peak memory {fast_peak / 2**20:.0f} vs {naive_peak / 2**20:.0f} MiB")  # fmt: skip
+        reference = results["naive"][2]
+        for variant in VARIANTS[1:]:
+            diff = np.abs(results[variant][2] - reference).max()
+            assert np.allclose(results[variant][2], reference, atol=1e-4), (variant, diff)
+            print(f"outputs match: {variant} vs naive, max |diff| = {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
