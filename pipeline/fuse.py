@@ -16,7 +16,14 @@ import torch
 
 from models.coconet import CoCoNet
 from pipeline.colour import rgb_to_ycbcr, ycbcr_to_rgb
-from pipeline.imageio import ImageError, match_pairs, read_image, to_grey, write_image
+from pipeline.imageio import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    match_pairs,
+    read_image,
+    to_grey,
+    write_image,
+)
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "file:/", "s3://", "gs://")
 STATE_KEYS = ("state_dict", "model", "model_state_dict")
@@ -174,6 +181,10 @@ def read_pair(vis_path: Path, ir_path: Path, resize: bool = False) -> tuple[np.n
 def check_output(path: Path, colour: bool, bits: int) -> None:
     """Fail early where the output format cannot hold the result."""
     suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageError(
+            f"{path}: unsupported output format (use one of {', '.join(IMAGE_SUFFIXES)})"
+        )
     if bits == 16 and suffix not in (".png", ".tif", ".tiff"):
         raise ImageError(f"{path}: 16-bit output needs a .png or .tif file")
     if bits == 16 and colour and suffix == ".png":

@@ -227,6 +227,16 @@ def test_fuse_argument_errors(model_checkpoint, tmp_path):
     assert result.exit_code != 0 and "--vis" in result.output
     result = _invoke("fuse", "--ir", tmp_path / "a.png", "--vis", tmp_path / "b.png")
     assert result.exit_code != 0 and "-o" in result.output
+    _write_pairs(tmp_path, [("p.png", _rand((16, 16), 1), _rand((16, 16), 2), 8)])
+    out = tmp_path / "fused"
+    result = _invoke("fuse", "--ir-dir", tmp_path / "ir", "--vis-dir", tmp_path / "vis", "-o", out,
+                     "--model", model_checkpoint, "--ext", "xyz")  # fmt: skip
+    _assert_failed(result, "unsupported output format", absent=[out / "p.xyz"])
+    if not torch.cuda.is_available():
+        ir, vis = tmp_path / "ir" / "p.png", tmp_path / "vis" / "p.png"
+        result = _invoke("fuse", "--ir", ir, "--vis", vis, "-o", out / "p.png",
+                         "--model", model_checkpoint, "--device", "cuda")  # fmt: skip
+        _assert_failed(result, "CUDA", absent=[out / "p.png"])
 
 
 def test_model_summary_command():
