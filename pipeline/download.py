@@ -162,10 +162,12 @@ def fetch_all(
             raise DownloadError(
                 f"{where}: checksum mismatch after {retries + 1} attempts: {exc}"
             ) from exc
-        except (http.RequestException, OSError) as exc:
+        except http.RequestException as exc:  # retried by pooch: network, dropped connection
             raise DownloadError(
                 f"cannot fetch {where} after {retries + 1} attempts: {exc}. {r.hint}".strip()
             ) from exc
+        except OSError as exc:  # not retried: missing from a folder mirror, disk errors
+            raise DownloadError(f"cannot fetch {where}: {exc}. {r.hint}".strip()) from exc
 
     paths: dict[str, Path] = {}
     pooch.get_logger().setLevel(logging.WARNING)
