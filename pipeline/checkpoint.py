@@ -46,7 +46,8 @@ def fingerprint(params: Params, patches_path: str | Path) -> dict[str, str]:
 
 
 def rng_state() -> dict[str, Any]:
-    """The process's RNG states as tensors and plain values."""
+    """The process's RNG states (CPU, its CUDA device, numpy, Python) as tensors and plain
+    values."""
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     py_version, py_internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
@@ -64,8 +65,8 @@ def rng_state() -> dict[str, Any]:
             "gauss": py_gauss,
         },
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's device only
     return state
 
 
@@ -85,7 +86,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     pyst = state["python"]
     random.setstate((pyst["version"], tuple(int(v) for v in pyst["internal"]), pyst["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def checkpoint_path(folder: str | Path, epoch: int) -> Path:

@@ -241,3 +241,15 @@ def test_two_process_ddp_on_cpu(project, store):
     mlflow.set_tracking_uri(store)
     tags = mlflow.get_run(record["run_id"]).data.tags
     assert tags["world_size"] == "2"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_with_mixed_precision(project):
+    record = train.train(tiny_params(), project)
+    assert record is not None
+    losses = pd.read_csv(project.loss_csv)
+    assert np.isfinite(losses[list(train.LOSS_NAMES)].to_numpy()).all()
+    state = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(project.checkpoints))
+    assert "cuda" in state["rng"][0]
+    assert all(v.device.type == "cpu" for v in model_state(project).values())
