@@ -3,6 +3,9 @@
 Each task runs ``dvc repro --single-item <stage>``: DVC decides whether the stage is up to
 date, runs it if not, and records it in ``dvc.lock`` and its cache, so Prefect adds
 orchestration (retries of the download, logs, a report) without a second record of what ran.
+One ``dvc status`` at the start lets the leading up-to-date stages be recorded without starting
+DVC once per stage (what ``dvc repro`` would conclude anyway); from the first stage that runs
+on, every stage goes through ``dvc repro``.
 The flow ends with a markdown artifact: the stage table, the metric table and the registry
 decision.
 """
@@ -18,7 +21,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from flows.dvc_cli import SKIPPED_MARK, run_dvc, stage_names
+from flows.dvc_cli import SKIPPED_MARK, pending_stages, run_dvc, stage_names
 from flows.overrides import apply_overrides
 from pipeline.params import PROJECT_ROOT
 
@@ -38,13 +41,28 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 @task(name="dvc-repro", task_run_name="dvc repro {stage}", cache_policy=NONE)
-def repro_stage(stage: str, project_dir: str) -> dict[str, Any]:
-    """``dvc repro --single-item <stage>``; its output goes to the run log line by line."""
+def repro_stage(stage: str, project_dir: str, known_up_to_date: bool = False) -> dict[str, Any]:
+    """``dvc repro --single-item <stage>``; its output goes to the run log line by line.
+
+    ``known_up_to_date``: ``dvc status`` found nothing to do for this stage and no stage before
+    it ran, so ``dvc repro`` would skip it; the task records that without starting DVC again.
+    """
     logger = run_logger()
+    if known_up_to_date:
+        logger.info("stage %s up to date (dvc status)", stage)
+        return {"stage": stage, "ran": False, "seconds": 0.0}
     result = run_dvc(["repro", "--single-item", stage], Path(project_dir), log=logger.info)
     ran = not any(SKIPPED_MARK in line for line in result.lines)
     logger.info("stage %s %s in %.1f s", stage, "ran" if ran else "up to date", result.seconds)
     return {"stage": stage, "ran": ran, "seconds": round(result.seconds, 2)}
+
+
+@task(name="dvc-status", cache_policy=NONE)
+def dvc_status(project_dir: str) -> dict[str, Any]:
+    """``dvc status``: the stages whose deps, params, command or outs changed."""
+    changed = pending_stages(Path(project_dir))
+    run_logger().info("dvc status: %s", ", ".join(changed) or "everything up to date")
+    return changed
 
 
 def _fmt(value: Any) -> str:
@@ -109,14 +127,16 @@ def pipeline(
     applied = apply_overrides(root / "params.yaml", overrides or [])
     if applied:
         logger.info("params.yaml overrides: %s", applied)
-    results = []
+    changed = dvc_status(str(root))
+    results: list[dict[str, Any]] = []
     for stage in stage_names(root):
         runner = repro_stage
         if stage in RETRIED_STAGES:
             runner = repro_stage.with_options(
                 retries=download_retries, retry_delay_seconds=retry_delay_seconds
             )
-        results.append(runner(stage, str(root)))
+        upstream_ran = any(r["ran"] for r in results)
+        results.append(runner(stage, str(root), not upstream_ran and stage not in changed))
     markdown = report_markdown(root, results, applied)
     create_markdown_artifact(markdown=markdown, key=ARTIFACT_KEY, description="CoCoNet pipeline")
     registered = root / "artifacts" / "registered.json"
