@@ -87,7 +87,8 @@ def log_training_run(root: Path, tracking_uri: str, experiment: str = "coconet")
 
     mlflow.set_tracking_uri(tracking_uri)
     exp = mlflow.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else mlflow.create_experiment(experiment)
+    location = (root.parent / "mlartifacts").as_uri()  # never ./mlruns in the cwd
+    exp_id = exp.experiment_id if exp else mlflow.create_experiment(experiment, location)
     with mlflow.start_run(experiment_id=exp_id) as run:
         mlflow.log_param("train.lr", 0.0001)
         mlflow.log_metric("epoch_loss", 0.5)
