@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,12 @@ def _iso(ms: int | None) -> str:
 
 
 def _read_artifact_csv(client: Any, run_id: str, name: str) -> list[dict[str, str]] | None:
+    import os
     import tempfile
 
     from mlflow.exceptions import MlflowException
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = client.download_artifacts(run_id, f"lineage/{name}", tmp)
@@ -89,6 +92,13 @@ def dvc_hashes(tags: dict[str, str]) -> dict[str, dict[str, str]]:
             stage, _, path = key.removeprefix("dvc.").partition(".")
             out.setdefault(stage, {})[path] = value
     return out
+
+
+def evaluation_means(tags: dict[str, str]) -> dict[str, float]:
+    """The CoCoNet evaluation means recorded as ``eval.<metric>`` tags, in metric order."""
+    from pipeline.metrics import METRIC_DIRECTION
+
+    return {m: float(tags[f"eval.{m}"]) for m in METRIC_DIRECTION if f"eval.{m}" in tags}
 
 
 def collect(target: str = DEFAULT_TARGET, tracking_uri: str | None = None) -> dict[str, Any]:
@@ -137,6 +147,7 @@ def collect(target: str = DEFAULT_TARGET, tracking_uri: str | None = None) -> di
         "params_digest": tags.get("params.digest", ""),
         "vgg_weights": tags.get("model.vgg_weights", ""),
         "test_fingerprint": tags.get("eval.test_fingerprint", ""),
+        "evaluation": evaluation_means(tags),
         "dvc": dvc_hashes(tags),
         "datasets": _datasets(raw, masks) if raw is not None else None,
     }
@@ -210,10 +221,16 @@ def render(lineage: dict[str, Any], checks: list[dict[str, Any]] | None = None) 
         f"         params digest {lineage['params_digest'] or '?'}, "
         f"VGG weights {lineage['vgg_weights'] or '?'}",
     ]
-    evals = {k: v for k, v in run["metrics"].items() if not k.startswith(("step_", "epoch_"))}
-    if evals:
-        lines.append("         metrics " + ", ".join(f"{k}={v:.4g}" for k, v in evals.items()))
-    lines.append("         params " + ", ".join(f"{k}={v}" for k, v in run["params"].items()))
+    if lineage["evaluation"]:
+        means = ", ".join(f"{k}={v:.4g}" for k, v in lineage["evaluation"].items())
+        lines.append(f"         evaluation (CoCoNet means) {means}")
+    shown = {k: v for k, v in run["metrics"].items() if not k.startswith(("eval_", "step_"))}
+    if shown:
+        lines.append("         metrics " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+    params = ", ".join(f"{k}={v}" for k, v in run["params"].items())
+    lines += textwrap.wrap(
+        params, 100, initial_indent="         params ", subsequent_indent=" " * 16
+    )
     lines.append("dvc.lock")
     for stage, outs in lineage["dvc"].items():
         for path, md5 in outs.items():

@@ -54,6 +54,7 @@ def test_chain_from_alias_and_from_run_id(project):
     assert by_alias["run"]["run_id"] == record["run_id"]
     assert by_alias["run"]["params"]["train.lr"] == "0.0001"
     assert by_alias["dvc"]["download"]["data/raw"].endswith(".dir")
+    assert by_alias["evaluation"] == METRICS
     tno = {d["name"]: d for d in by_alias["datasets"]}["tno_masked"]
     assert tno["splits"] == {"train": 2}
     assert tno["pairs"][0]["mask_method"] == "ir_saliency"
