@@ -88,7 +88,7 @@ class EvaluateParams(_Section):
 
 class RegisterParams(_Section):
     model_name: str = "coconet"
-    promote_metrics: list[str] = ["VIF", "Qabf", "SSIM"]
+    promote_metrics: list[str] = Field(["VIF", "Qabf", "SSIM"], min_length=1)
     min_wins: int = Field(2, ge=1)
 
 
