@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
+import shutil
 import sys
 import time
 import warnings
@@ -68,10 +70,16 @@ def load_test_split(index_path: Path, max_pairs: int | None = None) -> pd.DataFr
     missing = {"pair_id", "pair", "split", "ir", "vis"} - set(index.columns)
     if missing:
         raise ValueError(f"{index_path}: missing columns {', '.join(sorted(missing))}")
-    test = index[index["split"] == "test"].sort_values("pair_id")
+    test = index[index["split"] == "test"]
+    test = test.iloc[sorted(range(len(test)), key=lambda i: _natural(test["pair_id"].iloc[i]))]
     if test.empty:
         raise ValueError(f"{index_path}: no pair has split == test")
     return test.head(max_pairs) if max_pairs else test
+
+
+def _natural(text: str) -> list:
+    """Sort key that orders embedded numbers numerically (tno40/8 before tno40/10)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def output_names(test: pd.DataFrame) -> list[str]:
@@ -90,6 +98,14 @@ def _methods(model) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
     for name, fuse in BASELINES.items():
         methods[name] = lambda vis, ir, fuse=fuse: fuse(to_grey(vis), to_grey(ir))
     return methods
+
+
+def _staging(target: Path) -> Path:
+    """An empty folder beside ``target`` to build the outputs in."""
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
 
 
 def _clean(value: float) -> float | None:
@@ -112,6 +128,7 @@ def evaluate(params: Params, paths: EvalPaths | None = None) -> dict[str, Any]:
     methods = _methods(model)
     names = output_names(test)
 
+    out = _staging(paths.out)  # swapped in at the end: no stale or partial outputs
     rows: list[dict[str, Any]] = []
     seconds: dict[str, list[float]] = {m: [] for m in methods}
     gallery: list[str] = []
@@ -129,14 +146,14 @@ def evaluate(params: Params, paths: EvalPaths | None = None) -> dict[str, Any]:
             fused_by_method[method] = fused
             scores = compute_metrics(ir, vis, fused, convention=ep.convention)
             rows.append({"pair_id": pair.pair_id, "method": method, **scores})
-        write_image(paths.out / "fused" / f"{name}.png", fused_by_method[MODEL_NAME])
+        write_image(out / "fused" / f"{name}.png", fused_by_method[MODEL_NAME])
         if number < ep.gallery_pairs:
             panels = [("infrared", ir), ("visible", vis), *fused_by_method.items()]
-            write_gallery(paths.out / "gallery" / f"{name}.png", pair.pair_id, panels)
+            write_gallery(out / "gallery" / f"{name}.png", pair.pair_id, panels)
             gallery.append(f"gallery/{name}.png")
 
     per_image = pd.DataFrame(rows, columns=["pair_id", "method", *METRIC_NAMES])
-    with atomic_path(paths.out / "per_image.csv") as tmp:
+    with atomic_path(out / "per_image.csv") as tmp:
         per_image.to_csv(tmp, index=False, float_format="%.6g")
     means = {
         m: mean_metrics(r for r in rows if r["method"] == m)  # NaN only where undefined
@@ -151,15 +168,17 @@ def evaluate(params: Params, paths: EvalPaths | None = None) -> dict[str, Any]:
             m: {k: _clean(v) for k, v in means[m].items()} for m in methods if m != MODEL_NAME
         },
     }
-    with atomic_path(paths.metrics) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     context = {
         "test pairs": f"{len(pairs)} (split == test in {paths.index.relative_to(paths.root)})",
         "metric convention": ep.convention,
         "model": f"{paths.model.relative_to(paths.root)} (MLflow run {run_info['run_id']})",
         "VGG-19 weights": str(run_info.get("vgg_weights", "?")),
     }
-    write_report(paths.out / "report.md", means, METRIC_DIRECTION, context, gallery, mean_seconds)
+    write_report(out / "report.md", means, METRIC_DIRECTION, context, gallery, mean_seconds)
+    shutil.rmtree(paths.out, ignore_errors=True)
+    out.rename(paths.out)
+    with atomic_path(paths.metrics) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     _log_to_mlflow(run_info, paths, means, test)
     return means
 

@@ -37,6 +37,13 @@ def _best(values: Sequence[float], how: str) -> float | None:
     return max(finite) if how == "higher" else min(finite)
 
 
+def _format(value: float, digits: int) -> str:
+    """Fixed decimals, or scientific where that would hide the value (tiny or huge)."""
+    if value != 0 and not 10 ** -(digits - 1) <= abs(value) < 10**digits:
+        return f"{value:.{digits - 2}e}"
+    return f"{value:.{digits}f}"
+
+
 def ranking_table(
     means: Mapping[str, Mapping[str, float]], direction: Mapping[str, str], digits: int = 4
 ) -> str:
@@ -56,7 +63,7 @@ def ranking_table(
             if value is None or math.isnan(value):
                 cells.append("–")
                 continue
-            text = f"{value:.{digits}g}" if abs(value) >= 10**digits else f"{value:.{digits}f}"
+            text = _format(value, digits)
             cells.append(f"**{text}**" if value == best[k] else text)
         rank = ranks[method]
         rank_text = "–" if math.isnan(rank) else f"{rank:.2f}"

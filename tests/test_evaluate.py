@@ -83,6 +83,9 @@ def test_evaluate_fills_reports_and_the_training_run(trained, monkeypatch):
     root, uri, run_id = trained
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     paths = evaluate.EvalPaths(root)
+    stale = paths.out / "gallery" / "stale.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"from an earlier run")
     means = evaluate.evaluate(params(), paths)
 
     methods = ["CoCoNet", "average", "max", "laplacian"]
@@ -128,6 +131,11 @@ def test_max_pairs_caps_the_test_split(trained, tmp_path):
     root, _, _ = trained
     test = evaluate.load_test_split(root / "data" / "raw" / "index.csv", max_pairs=1)
     assert test["pair_id"].tolist() == ["tno40/bench"]
+
+
+def test_pairs_sort_numerically():
+    ids = ["tno40/10", "tno40/8", "tno40/9", "a/2b"]
+    assert sorted(ids, key=evaluate._natural) == ["a/2b", "tno40/8", "tno40/9", "tno40/10"]
 
 
 def test_missing_training_run_is_a_clear_error(trained, tmp_path):
