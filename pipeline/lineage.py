@@ -224,7 +224,9 @@ def render(lineage: dict[str, Any], checks: list[dict[str, Any]] | None = None) 
     if lineage["evaluation"]:
         means = ", ".join(f"{k}={v:.4g}" for k, v in lineage["evaluation"].items())
         lines.append(f"         evaluation (CoCoNet means) {means}")
-    shown = {k: v for k, v in run["metrics"].items() if not k.startswith(("eval_", "step_"))}
+    shown = {
+        k: v for k, v in run["metrics"].items() if not k.startswith(("eval_", "step_", "system/"))
+    }
     if shown:
         lines.append("         metrics " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
     params = ", ".join(f"{k}={v}" for k, v in run["params"].items())

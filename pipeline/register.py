@@ -208,7 +208,7 @@ def decide(
         better = new > old if METRIC_DIRECTION[m] == "higher" else new < old
         wins += better
         sign = ">" if new > old else "<" if new < old else "="
-        details.append(f"{m} {new:.4g} {sign} {old:.4g}{'' if better else ' (no win)'}")
+        details.append(f"{m} {new:.6g} {sign} {old:.6g}{'' if better else ' (no win)'}")
     need = min(rule.min_wins, len(rule.promote_metrics))
     verdict = "beats" if wins >= need else "does not beat"
     reason = (
