@@ -33,10 +33,6 @@ from pipeline.params import PARAMS_FILE, PROJECT_ROOT, Params, load_params
 
 log = logging.getLogger(__name__)
 
-REGISTERED_FILE = PROJECT_ROOT / "artifacts" / "registered.json"
-METRICS_FILE = PROJECT_ROOT / "reports" / "metrics.json"
-RAW_INDEX = PROJECT_ROOT / "data" / "raw" / "index.csv"
-MASKS_INDEX = PROJECT_ROOT / "data" / "masks" / "index.csv"
 LINEAGE_STAGES = ("download", "masks", "patches", "train", "evaluate")
 LINEAGE_ARTIFACTS = "lineage"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -242,6 +238,20 @@ def _artifact_copies(root: Path, tmp: Path) -> list[Path]:
     return out
 
 
+def current_champion(client: Any, name: str) -> tuple[str, dict[str, str]] | None:
+    """(version, tags) of the model's champion; None if the model or the alias does not exist
+    yet (any other registry error propagates: it must not look like "no champion")."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+    return str(current.version), dict(current.tags)
+
+
 def register(
     params: Params,
     root: Path = PROJECT_ROOT,
@@ -255,7 +265,6 @@ def register(
     import mlflow
     from mlflow import MlflowClient
     from mlflow.entities import RunTag
-    from mlflow.exceptions import MlflowException
 
     from pipeline import tracking
 
@@ -273,11 +282,7 @@ def register(
     with tempfile.TemporaryDirectory() as tmp:
         _log_lineage_artifacts(client, run_id, _artifact_copies(root, Path(tmp)))
 
-    try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
-        champion = (str(current.version), dict(current.tags))
-    except MlflowException:
-        champion = None
+    champion = current_champion(client, name)
     decision = decide(means, tags[FINGERPRINT_TAG], champion, params)
 
     source = run_info.get("model_uri") or f"runs:/{run_id}/model"
@@ -317,4 +322,11 @@ def main(params_path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from pipeline.params import ParamsError
+
+    try:
+        main()
+    except (ValueError, FileNotFoundError, ParamsError) as exc:
+        sys.exit(f"error: {exc}")
