@@ -75,3 +75,8 @@ def test_match_pairs_reports_unmatched_and_empty(tmp_path):
             write_image(tmp_path / folder / f"{name}.png", np.zeros((4, 4), np.float32))
     with pytest.raises(ImageError, match="lacks b"):
         match_pairs(ir=tmp_path / "ir", vis=tmp_path / "vis")
+
+
+def test_written_files_get_umask_permissions_not_0600(tmp_path):
+    path = write_image(tmp_path / "out.png", np.zeros((4, 4), np.float32))
+    assert path.stat().st_mode & 0o044 == 0o044  # group/other can read under the default umask
