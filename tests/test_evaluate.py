@@ -61,9 +61,12 @@ def trained(tmp_path_factory):
         {"state_dict": model.state_dict(), "vgg_weights": "random", "params": {}},
         root / "artifacts" / "model.pt",
     )
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    store = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.create_experiment("test-evaluate")
+    experiment = mlflow.create_experiment(
+        "test-evaluate", artifact_location=(store / "artifacts").as_uri()
+    )
     with mlflow.start_run(experiment_id=experiment) as run:
         pass
     tracking.write_run_info(
