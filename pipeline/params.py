@@ -125,4 +125,3 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         return Params.model_validate(raw)
     except ValidationError as exc:
         raise ParamsError(f"{path}: invalid params:\n{exc}") from exc
-

@@ -1,0 +1,111 @@
+"""``coconet`` commands driving the Prefect flows: run, retrain, schedule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.cli import RootOption, app, fail
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-S",
+        help="Override a param before running, e.g. -S train.phase1_epochs=1 (edits params.yaml).",
+    ),
+]
+InboxOption = Annotated[
+    Path | None,
+    typer.Option("--inbox", help="Inbox folder (default $COCONET_INBOX or <root>/inbox)."),
+]
+
+
+def _flow_failed(exc: Exception) -> None:
+    fail(f"{type(exc).__name__}: {exc}")
+
+
+@app.command()
+def run(
+    overrides: SetOption = None,
+    retries: Annotated[int, typer.Option("--retries", help="Retries of the download.")] = 2,
+    root: RootOption = None,
+) -> None:
+    """Run the pipeline as a Prefect flow: each DVC stage in order via `dvc repro -s <stage>`.
+
+    Up-to-date stages are skipped by DVC. -S/--set key=value edits params.yaml first (kept, like
+    `dvc exp run -S` in the workspace; validated, the file is restored if invalid). Without
+    PREFECT_API_URL the flow runs against Prefect's temporary local server.
+    """
+    from flows.env import telemetry_off
+
+    telemetry_off()
+    from flows.dvc_cli import DvcError
+    from flows.pipeline import pipeline
+    from pipeline.params import PROJECT_ROOT
+
+    try:
+        result = pipeline(str((root or PROJECT_ROOT).resolve()), overrides or [], retries)
+    except DvcError as exc:
+        _flow_failed(exc)
+    typer.echo(result["report"])
+
+
+@app.command()
+def retrain(inbox: InboxOption = None, root: RootOption = None) -> None:
+    """Retrain once on new data: ingest inbox pairs, re-run what changed, register, promote.
+
+    Inbox layout: inbox/<pair>/ir.<ext> + vis.<ext> (+ optional mask.<ext>), same sizes.
+
+    Ends at once when there is nothing new or another retrain is running. A failed run leaves
+    the inbox and the champion as they were.
+    """
+    from flows.env import telemetry_off
+
+    telemetry_off()
+    from flows.dvc_cli import DvcError
+    from flows.retrain import retrain as retrain_flow
+    from pipeline.params import PROJECT_ROOT
+
+    try:
+        result = retrain_flow(str((root or PROJECT_ROOT).resolve()), str(inbox) if inbox else None)
+    except DvcError as exc:
+        _flow_failed(exc)
+    typer.echo(f"retrain: {result['status']}")
+    for name, reason in (result.get("rejected") or {}).items():
+        typer.echo(f"  rejected {name}: {reason}")
+    if result.get("registered") and result["status"] == "retrained":
+        reg = result["registered"]
+        typer.echo(f"  {reg['name']} v{reg['version']} -> {reg['alias']}: {reg['reason']}")
+
+
+@app.command()
+def schedule(
+    cron: Annotated[
+        str | None, typer.Option("--cron", help='Cron schedule, e.g. "0 3 * * 1".')
+    ] = None,
+    interval: Annotated[
+        float | None, typer.Option("--interval", help="Run every SECONDS instead.")
+    ] = None,
+    inbox: InboxOption = None,
+    name: Annotated[str, typer.Option("--name", help="Deployment name.")] = "coconet-retrain",
+    root: RootOption = None,
+) -> None:
+    """Serve the retrain flow on a schedule until interrupted (needs a Prefect server).
+
+    Start one with `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api
+    (or a remote server's URL). One run at a time; stopping this process does not pause the
+    schedule. Telemetry is off unless PREFECT_SERVER_ANALYTICS_ENABLED / DO_NOT_TRACK are set.
+    """
+    from flows.env import telemetry_off
+
+    telemetry_off()
+    from flows.schedule import ScheduleError, serve
+    from pipeline.params import PROJECT_ROOT
+
+    try:
+        serve((root or PROJECT_ROOT).resolve(), inbox, cron, interval, name)
+    except ScheduleError as exc:
+        fail(str(exc), 2)
