@@ -71,12 +71,12 @@ def train(
     """
     from models.vgg import VGGWeightsError
     from pipeline.params import PROJECT_ROOT, load_params
-    from pipeline.train import TrainPaths
+    from pipeline.paths import ProjectPaths
     from pipeline.train import train as run_training
 
     try:
         record = run_training(
-            load_params(params_file), TrainPaths((root or PROJECT_ROOT).resolve()), cpu
+            load_params(params_file), ProjectPaths((root or PROJECT_ROOT).resolve()), cpu
         )
     except VGGWeightsError as exc:
         fail(str(exc))
@@ -91,17 +91,17 @@ def evaluate(params_file: ParamsOption = PARAMS_FILE, root: RootOption = None) -
     Writes reports/metrics.json, reports/evaluation/ (per_image.csv, report.md, gallery/,
     fused/) and logs them to the training's MLflow run (artifacts/train_run.json).
     """
-    from pipeline.evaluate import EvalPaths
     from pipeline.evaluate import evaluate as run_evaluation
     from pipeline.fuse import ModelLoadError
     from pipeline.params import PROJECT_ROOT, load_params
+    from pipeline.paths import ProjectPaths
 
-    paths = EvalPaths((root or PROJECT_ROOT).resolve())
+    paths = ProjectPaths((root or PROJECT_ROOT).resolve())
     try:
         means = run_evaluation(load_params(params_file), paths)
     except ModelLoadError as exc:
         fail(str(exc))
-    typer.echo(f"evaluated {len(means)} methods; see {paths.out / 'report.md'}")
+    typer.echo(f"evaluated {len(means)} methods; see {paths.evaluation / 'report.md'}")
 
 
 @app.command()

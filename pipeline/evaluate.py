@@ -19,7 +19,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,35 +28,9 @@ from tqdm import tqdm
 
 from pipeline.imageio import ImageError, atomic_path, read_image, to_grey, write_image
 from pipeline.params import PARAMS_FILE, PROJECT_ROOT, Params, ParamsError, load_params
+from pipeline.paths import ProjectPaths
 
 MODEL_NAME = "CoCoNet"
-
-
-@dataclass(frozen=True)
-class EvalPaths:
-    """Every file the stage reads or writes, relative to one project root."""
-
-    root: Path
-
-    @property
-    def index(self) -> Path:
-        return self.root / "data" / "raw" / "index.csv"
-
-    @property
-    def model(self) -> Path:
-        return self.root / "artifacts" / "model.pt"
-
-    @property
-    def run_info(self) -> Path:
-        return self.root / "artifacts" / "train_run.json"
-
-    @property
-    def out(self) -> Path:
-        return self.root / "reports" / "evaluation"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "reports" / "metrics.json"
 
 
 def load_test_split(index_path: Path, max_pairs: int | None = None) -> pd.DataFrame:
@@ -113,14 +86,14 @@ def _clean(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def evaluate(params: Params, paths: EvalPaths | None = None) -> dict[str, Any]:
+def evaluate(params: Params, paths: ProjectPaths | None = None) -> dict[str, Any]:
     """Run the stage; returns the means per method."""
     from pipeline.fuse import load_fusion_model
     from pipeline.metrics import METRIC_DIRECTION, METRIC_NAMES, compute_metrics, mean_metrics
     from pipeline.report import write_gallery, write_report
     from pipeline.tracking import read_run_info
 
-    paths = paths or EvalPaths(PROJECT_ROOT)
+    paths = paths or ProjectPaths(PROJECT_ROOT)
     ep = params.evaluate
     run_info = read_run_info(paths.run_info)
     test = load_test_split(paths.index, ep.max_pairs)
@@ -128,7 +101,7 @@ def evaluate(params: Params, paths: EvalPaths | None = None) -> dict[str, Any]:
     methods = _methods(model)
     names = output_names(test)
 
-    out = _staging(paths.out)  # swapped in at the end: no stale or partial outputs
+    out = _staging(paths.evaluation)  # swapped in at the end: no stale or partial outputs
     rows: list[dict[str, Any]] = []
     seconds: dict[str, list[float]] = {m: [] for m in methods}
     gallery: list[str] = []
@@ -175,8 +148,8 @@ def evaluate(params: Params, paths: EvalPaths | None = None) -> dict[str, Any]:
         "VGG-19 weights": str(run_info.get("vgg_weights", "?")),
     }
     write_report(out / "report.md", means, METRIC_DIRECTION, context, gallery, mean_seconds)
-    shutil.rmtree(paths.out, ignore_errors=True)
-    out.rename(paths.out)
+    shutil.rmtree(paths.evaluation, ignore_errors=True)
+    out.rename(paths.evaluation)
     with atomic_path(paths.metrics) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     _log_to_mlflow(run_info, paths, means, test)
@@ -184,7 +157,7 @@ def evaluate(params: Params, paths: EvalPaths | None = None) -> dict[str, Any]:
 
 
 def _log_to_mlflow(
-    run_info: dict[str, Any], paths: EvalPaths, means: dict, test: pd.DataFrame
+    run_info: dict[str, Any], paths: ProjectPaths, means: dict, test: pd.DataFrame
 ) -> None:
     """Attach the evaluation to the training run: metrics, artifacts and the test split."""
     import mlflow
@@ -204,7 +177,7 @@ def _log_to_mlflow(
                 test.reset_index(drop=True), source=str(paths.index), name="test split"
             )
         mlflow.log_input(dataset, context="evaluation")
-        mlflow.log_artifacts(str(paths.out), "evaluation")
+        mlflow.log_artifacts(str(paths.evaluation), "evaluation")
         mlflow.log_artifact(str(paths.metrics), "evaluation")
 
 
@@ -219,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.fuse import ModelLoadError
 
     try:
-        evaluate(load_params(args.params), EvalPaths(args.root.resolve()))
+        evaluate(load_params(args.params), ProjectPaths(args.root.resolve()))
     except (FileNotFoundError, ParamsError, ImageError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -17,7 +17,6 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,38 +30,8 @@ from pipeline import distributed
 from pipeline.checkpoint import find_resumable, fingerprint, rng_state, save_checkpoint
 from pipeline.checkpoint import set_rng_state as restore_rng_state
 from pipeline.params import PARAMS_FILE, PROJECT_ROOT, Params, ParamsError, load_params
+from pipeline.paths import ProjectPaths
 from pipeline.train_tracking import HISTORY_COLUMNS, LOSS_NAMES, RunTracker
-
-
-@dataclass(frozen=True)
-class TrainPaths:
-    """Every file the stage reads or writes, relative to one project root."""
-
-    root: Path
-
-    @property
-    def patches(self) -> Path:
-        return self.root / "data" / "patches.h5"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "artifacts" / "checkpoints"
-
-    @property
-    def model(self) -> Path:
-        return self.root / "artifacts" / "model.pt"
-
-    @property
-    def run_info(self) -> Path:
-        return self.root / "artifacts" / "train_run.json"
-
-    @property
-    def loss_csv(self) -> Path:
-        return self.root / "reports" / "train_loss.csv"
-
-    @property
-    def dvc_lock(self) -> Path:
-        return self.root / "dvc.lock"
 
 
 def seed_everything(seed: int) -> None:
@@ -194,11 +163,11 @@ class Trainer:
 
 def train(
     params: Params,
-    paths: TrainPaths | None = None,
+    paths: ProjectPaths | None = None,
     force_cpu: bool = False,
 ) -> dict[str, Any] | None:
     """Run (or resume) the two-phase training; returns the run record on rank 0."""
-    paths = paths or TrainPaths(PROJECT_ROOT)
+    paths = paths or ProjectPaths(PROJECT_ROOT)
     runtime = distributed.setup(force_cpu=force_cpu)
     try:
         return _train(params, paths, runtime)
@@ -206,7 +175,7 @@ def train(
         distributed.cleanup(runtime)
 
 
-def _train(params: Params, paths: TrainPaths, runtime: distributed.Runtime) -> dict | None:
+def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) -> dict | None:
     tp = params.train
     dataset = load_patches(paths.patches)
     seed_everything(tp.seed + runtime.rank)
@@ -311,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     from models.vgg import VGGWeightsError
 
     try:
-        train(load_params(args.params), TrainPaths(args.root.resolve()), force_cpu=args.cpu)
+        train(load_params(args.params), ProjectPaths(args.root.resolve()), force_cpu=args.cpu)
     except (FileNotFoundError, ParamsError, VGGWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

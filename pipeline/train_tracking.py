@@ -17,7 +17,7 @@ from pipeline.params import PROJECT_ROOT, Params
 
 if TYPE_CHECKING:
     from pipeline.distributed import Runtime
-    from pipeline.train import TrainPaths
+    from pipeline.paths import ProjectPaths
 
 MODEL_ARTIFACT = "model"
 LOSS_NAMES = ("loss", "adaptive", "contrastive", "ssim", "mse")
@@ -37,7 +37,7 @@ class RunTracker:
     """One MLflow run per training, continued (same run id) when training resumes."""
 
     def __init__(
-        self, params: Params, paths: TrainPaths, runtime: Runtime, run_id: str | None = None
+        self, params: Params, paths: ProjectPaths, runtime: Runtime, run_id: str | None = None
     ) -> None:
         self.params = params
         self.paths = paths

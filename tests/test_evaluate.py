@@ -15,6 +15,7 @@ from pipeline import evaluate, report, tracking
 from pipeline.imageio import read_image, write_image
 from pipeline.metrics import METRIC_DIRECTION, METRIC_NAMES, compute_metrics
 from pipeline.params import PROJECT_ROOT, Params
+from pipeline.paths import ProjectPaths
 
 PAIRS = [("tno40", "kayak", "test"), ("tno40", "bench", "test"), ("tno_masked", "car", "train")]
 
@@ -85,15 +86,15 @@ def test_evaluate_fills_reports_and_the_training_run(trained, monkeypatch):
 
     root, uri, run_id = trained
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    paths = evaluate.EvalPaths(root)
-    stale = paths.out / "gallery" / "stale.png"
+    paths = ProjectPaths(root)
+    stale = paths.evaluation / "gallery" / "stale.png"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"from an earlier run")
     means = evaluate.evaluate(params(), paths)
 
     methods = ["CoCoNet", "average", "max", "laplacian"]
     assert list(means) == methods
-    per_image = pd.read_csv(paths.out / "per_image.csv")
+    per_image = pd.read_csv(paths.evaluation / "per_image.csv")
     assert list(per_image.columns) == ["pair_id", "method", *METRIC_NAMES]
     assert len(per_image) == 2 * len(methods)
     assert set(per_image["pair_id"]) == {"tno40/kayak", "tno40/bench"}  # test split only
@@ -105,16 +106,16 @@ def test_evaluate_fills_reports_and_the_training_run(trained, monkeypatch):
     assert summary["baselines"]["max"]["SD"] == pytest.approx(means["max"]["SD"])
 
     # the saved fused image rescored gives the CSV's numbers (what `coconet metrics` reports)
-    fused = read_image(paths.out / "fused" / "kayak.png")
+    fused = read_image(paths.evaluation / "fused" / "kayak.png")
     ir, vis = (read_image(root / f"data/raw/tno40/{r}/kayak.png") for r in ("ir", "vis"))
     rescored = compute_metrics(ir, vis, fused)
     row = per_image[(per_image.pair_id == "tno40/kayak") & (per_image.method == "CoCoNet")]
     for name in METRIC_NAMES:
         assert rescored[name] == pytest.approx(row[name].item(), rel=1e-5, abs=1e-6), name
 
-    assert sorted(p.name for p in (paths.out / "gallery").iterdir()) == ["bench.png"]
-    assert (paths.out / "fused" / "bench.png").is_file()
-    text = (paths.out / "report.md").read_text()
+    assert sorted(p.name for p in (paths.evaluation / "gallery").iterdir()) == ["bench.png"]
+    assert (paths.evaluation / "fused" / "bench.png").is_file()
+    text = (paths.evaluation / "report.md").read_text()
     assert "| Method | EN ↑ |" in text and "Nabf ↓" in text and "mean rank ↓" in text
     assert "![bench](gallery/bench.png)" in text
 
@@ -143,7 +144,7 @@ def test_pairs_sort_numerically():
 
 def test_missing_training_run_is_a_clear_error(trained, tmp_path):
     root, _, _ = trained
-    paths = evaluate.EvalPaths(tmp_path)
+    paths = ProjectPaths(tmp_path)
     with pytest.raises(FileNotFoundError, match="run the train stage first"):
         evaluate.evaluate(params(), paths)
     params_file = PROJECT_ROOT / "params.yaml"

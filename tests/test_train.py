@@ -17,6 +17,7 @@ import yaml
 
 from pipeline import checkpoint, train
 from pipeline.params import PROJECT_ROOT, Params
+from pipeline.paths import ProjectPaths
 
 PATCH = 16  # the smallest size the contrastive loss's VGG taps accept
 N_PATCHES = 8
@@ -70,10 +71,10 @@ def store(tmp_path_factory):
 def project(tmp_path, store, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     write_patches(tmp_path / "data" / "patches.h5")
-    return train.TrainPaths(tmp_path)
+    return ProjectPaths(tmp_path)
 
 
-def model_state(paths: train.TrainPaths) -> dict[str, torch.Tensor]:
+def model_state(paths: ProjectPaths) -> dict[str, torch.Tensor]:
     return torch.load(paths.model, weights_only=True)["state_dict"]
 
 
@@ -118,7 +119,7 @@ def test_resume_after_crash_matches_uninterrupted_run(project, tmp_path_factory,
     straight = model_state(project)
     straight_losses = pd.read_csv(project.loss_csv)
 
-    other = train.TrainPaths(tmp_path_factory.mktemp("resumed"))
+    other = ProjectPaths(tmp_path_factory.mktemp("resumed"))
     (other.root / "data").mkdir()
     shutil.copy(project.patches, other.patches)
 
@@ -191,7 +192,7 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
 
 def test_missing_patches_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no patches file; run the patches stage"):
-        train.train(tiny_params(), train.TrainPaths(tmp_path), force_cpu=True)
+        train.train(tiny_params(), ProjectPaths(tmp_path), force_cpu=True)
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(tiny_params().model_dump(mode="json", by_alias=True)))
     result = subprocess.run(
