@@ -13,8 +13,6 @@ from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class ImageError(ValueError):
@@ -86,6 +84,12 @@ def read_grey_uint8(path: str | Path) -> np.ndarray:
     return to_uint8(to_grey(read_image(path)))
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(target: str | Path):
     """Yield a temporary path beside ``target``; rename it onto ``target`` only on success."""
@@ -93,7 +97,7 @@ def atomic_path(target: str | Path):
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
+    os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, target)

@@ -78,5 +78,11 @@ def test_match_pairs_reports_unmatched_and_empty(tmp_path):
 
 
 def test_written_files_get_umask_permissions_not_0600(tmp_path):
-    path = write_image(tmp_path / "out.png", np.zeros((4, 4), np.float32))
-    assert path.stat().st_mode & 0o044 == 0o044  # group/other can read under the default umask
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = write_image(tmp_path / "out.png", np.zeros((4, 4), np.float32))
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~0o022
