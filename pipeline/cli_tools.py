@@ -14,17 +14,19 @@ from pipeline.params import PARAMS_FILE
 # --- metrics (pipeline/metrics.py, pipeline/metrics_report.py) ----------------------------
 
 
+IrDirOption = Annotated[Path | None, typer.Option("--ir-dir", help="Folder of infrared images.")]
+VisDirOption = Annotated[
+    Path | None, typer.Option("--vis-dir", help="Folder of visible images (same names).")
+]
+
+
 @app.command()
 def metrics(
     ir: Annotated[Path | None, typer.Option("--ir", help="Infrared source image.")] = None,
     vis: Annotated[Path | None, typer.Option("--vis", help="Visible source image.")] = None,
     fused: Annotated[Path | None, typer.Option("--fused", help="Fused image to score.")] = None,
-    ir_dir: Annotated[
-        Path | None, typer.Option("--ir-dir", help="Folder of infrared images.")
-    ] = None,
-    vis_dir: Annotated[
-        Path | None, typer.Option("--vis-dir", help="Folder of visible images (same names).")
-    ] = None,
+    ir_dir: IrDirOption = None,
+    vis_dir: VisDirOption = None,
     fused_dir: Annotated[
         Path | None, typer.Option("--fused-dir", help="Folder of fused images (same names).")
     ] = None,
@@ -92,12 +94,8 @@ def fuse(
         Path | None,
         typer.Option("-o", "--output", help="Output file (one pair) or folder (--*-dir)."),
     ] = None,
-    ir_dir: Annotated[
-        Path | None, typer.Option("--ir-dir", help="Folder of infrared images.")
-    ] = None,
-    vis_dir: Annotated[
-        Path | None, typer.Option("--vis-dir", help="Folder of visible images (same names).")
-    ] = None,
+    ir_dir: IrDirOption = None,
+    vis_dir: VisDirOption = None,
     model: Annotated[
         str,
         typer.Option(
