@@ -30,6 +30,7 @@ from typing import Any
 from pipeline.dvc_lock import LOCK_FILE, stage_out_hashes
 from pipeline.imageio import atomic_path
 from pipeline.params import PARAMS_FILE, PROJECT_ROOT, Params, load_params
+from pipeline.tracking import git_state
 
 log = logging.getLogger(__name__)
 
@@ -99,25 +100,6 @@ def test_fingerprint(rows: list[dict[str, str]], params: Params) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def code_state(root: Path = PROJECT_ROOT) -> tuple[str, bool]:
-    """HEAD commit and whether tracked files other than ``dvc.lock`` differ from it (DVC
-    rewrites ``dvc.lock`` while the pipeline runs, which says nothing about the code)."""
-    import subprocess
-
-    from pipeline.tracking import git_state
-
-    commit, _ = git_state(root)
-    if commit == "unknown":
-        return commit, False
-    status = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-    )
-    return commit, bool(status.stdout.strip())
-
-
 def lineage_tags(
     params: Params,
     run_info: dict[str, Any],
@@ -127,7 +109,7 @@ def lineage_tags(
     root: Path = PROJECT_ROOT,
 ) -> dict[str, str]:
     """All lineage tags for the model version (and the training run)."""
-    commit, dirty = code_state(root)
+    commit, dirty = git_state(root)
     tags = {
         "git.commit": commit,
         "git.dirty": str(dirty).lower(),

@@ -78,14 +78,15 @@ def flatten_params(params: Params) -> dict[str, str]:
 
 
 def git_state(root: Path = PROJECT_ROOT) -> tuple[str, bool]:
-    """The HEAD commit and whether the working tree has uncommitted changes to tracked files
-    (``("unknown", False)`` outside a git checkout)."""
+    """The HEAD commit and whether tracked files other than ``dvc.lock`` differ from it
+    (DVC rewrites ``dvc.lock`` while the pipeline runs, which says nothing about the code);
+    ``("unknown", False)`` outside a git checkout."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(exclude)dvc.lock"],
             cwd=root,
             capture_output=True,
             text=True,

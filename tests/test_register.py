@@ -130,20 +130,3 @@ def test_register_promotes_by_rule_and_records_lineage(tmp_path, store):
     assert client.get_model_version_by_alias("coconet", "champion").version == 3
     model = mlflow.pytorch.load_model("models:/coconet@champion")
     assert model.in_features == 2
-
-
-def test_code_state_ignores_dvc_lock(tmp_path):
-    import subprocess
-
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    (tmp_path / "dvc.lock").write_text("a\n")
-    (tmp_path / "code.py").write_text("x = 1\n")
-    subprocess.run(["git", "add", "."], cwd=tmp_path, check=True)
-    subprocess.run([*git, "commit", "-qm", "c"], cwd=tmp_path, check=True)
-    commit, dirty = reg.code_state(tmp_path)
-    assert len(commit) == 40 and not dirty
-    (tmp_path / "dvc.lock").write_text("b\n")  # DVC rewrites it during repro
-    assert reg.code_state(tmp_path) == (commit, False)
-    (tmp_path / "code.py").write_text("x = 2\n")
-    assert reg.code_state(tmp_path) == (commit, True)

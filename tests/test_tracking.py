@@ -115,3 +115,20 @@ def test_run_info_round_trip_and_errors(tmp_path):
     path.write_text("{}")
     with pytest.raises(ValueError, match="no run_id"):
         tracking.read_run_info(path)
+
+
+def test_git_state_ignores_dvc_lock(tmp_path):
+    import subprocess
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.lock").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    subprocess.run(["git", "add", "."], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], cwd=tmp_path, check=True)
+    commit, dirty = tracking.git_state(tmp_path)
+    assert len(commit) == 40 and not dirty
+    (tmp_path / "dvc.lock").write_text("b\n")  # DVC rewrites it during repro
+    assert tracking.git_state(tmp_path) == (commit, False)
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert tracking.git_state(tmp_path) == (commit, True)
