@@ -22,12 +22,13 @@ deleted only after the whole pipeline succeeded; a failure restores the catalogu
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pooch
 
 DATASET = "inbox"
 STORE = Path("incoming")
@@ -71,14 +72,6 @@ def default_inbox(root: Path) -> Path:
     return Path(os.environ.get(INBOX_ENV) or root / "inbox")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_pair(folder: Path) -> InboxPair:
     """Check one inbox folder; raises ValueError naming the problem."""
     from pipeline.imageio import IMAGE_SUFFIXES, ImageError, read_image
@@ -107,7 +100,8 @@ def verify_pair(folder: Path) -> InboxPair:
     if len(set(sizes.values())) > 1:
         shown = ", ".join(f"{r} {w}x{h}" for r, (h, w) in sizes.items())
         raise ValueError(f"sizes differ: {shown}")
-    return InboxPair(folder.name, folder, files, {r: _sha256(p) for r, p in files.items()})
+    digests = {role: pooch.file_hash(str(path), alg="sha256") for role, path in files.items()}
+    return InboxPair(folder.name, folder, files, digests)
 
 
 def scan_inbox(inbox: Path) -> tuple[list[InboxPair], dict[str, str]]:

@@ -9,10 +9,10 @@ official CoCoNet code does. There is never a silent fallback from ImageNet to ra
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from urllib.error import URLError
 
+import pooch
 import torch
 from torch import nn
 from torchvision.models import VGG19_Weights
@@ -41,13 +41,10 @@ def vgg19_cache_file() -> Path:
 
 def check_vgg19_hash(path: str | Path) -> None:
     """Raise unless ``path``'s sha256 starts with the known prefix (as torchvision checks it)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    if not digest.hexdigest().startswith(VGG19_SHA256_PREFIX):
+    digest = pooch.file_hash(str(path), alg="sha256")
+    if not digest.startswith(VGG19_SHA256_PREFIX):
         raise VGGWeightsError(
-            f"{path}: sha256 {digest.hexdigest()[:16]}… does not start with {VGG19_SHA256_PREFIX}; "
+            f"{path}: sha256 {digest[:16]}… does not start with {VGG19_SHA256_PREFIX}; "
             "the file is corrupt or not torchvision's VGG-19 ImageNet weights"
         )
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pooch
 import torch
 
 from pipeline.imageio import atomic_path
@@ -31,13 +32,9 @@ def params_digest(params: Params) -> str:
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
 
 
-def file_md5(path: str | Path, chunk: int = 1 << 22) -> str:
+def file_md5(path: str | Path) -> str:
     """md5 of a file's bytes (DVC's hash for a single file)."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    return pooch.file_hash(str(path), alg="md5")
 
 
 def fingerprint(params: Params, patches_path: str | Path) -> dict[str, str]:
