@@ -73,7 +73,7 @@ def main() -> None:
 
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.pipeline import pipeline
+    from flows.repro import pipeline
 
     with prefect_test_harness(server_startup_timeout=180):
         first = _timed(lambda: pipeline(str(root)), 1)

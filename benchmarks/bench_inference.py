@@ -53,7 +53,7 @@ def _inputs(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
 def _measure(variant: str, device_name: str, width: int, height: int, runs: int, warmup: int):
     """Run in a fresh process: (median seconds, peak memory bytes, output array)."""
     from models.coconet import CoCoNet
-    from pipeline.fuse import fuse_arrays
+    from pipeline.inference import fuse_arrays
 
     device = torch.device(device_name)
     torch.manual_seed(0)

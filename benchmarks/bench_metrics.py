@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 cv2.setNumThreads(1)
 
 from pipeline import metrics as M  # noqa: E402
-from pipeline.imageio import read_image  # noqa: E402
+from pipeline.core.imageio import read_image  # noqa: E402
 
 HEIGHT, WIDTH = 480, 640
 

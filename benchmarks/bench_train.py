@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from pipeline.distributed import Runtime
-from pipeline.params import Params
-from pipeline.train import Trainer
+from pipeline.core.params import Params
+from pipeline.stages.train import Trainer
+from pipeline.training.distributed import Runtime
 
 
 class SyntheticPatches(torch.utils.data.Dataset):

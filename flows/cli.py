@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import RootOption, app, fail
+from pipeline.cli.app import RootOption, app, fail
 
 SetOption = Annotated[
     list[str] | None,
@@ -43,8 +43,8 @@ def run(
 
     telemetry_off()
     from flows.dvc_cli import DvcError
-    from flows.pipeline import pipeline
-    from pipeline.params import PROJECT_ROOT
+    from flows.repro import pipeline
+    from pipeline.core.params import PROJECT_ROOT
 
     try:
         result = pipeline(str((root or PROJECT_ROOT).resolve()), overrides or [], retries)
@@ -67,7 +67,7 @@ def retrain(inbox: InboxOption = None, root: RootOption = None) -> None:
     telemetry_off()
     from flows.dvc_cli import DvcError
     from flows.retrain import retrain as retrain_flow
-    from pipeline.params import PROJECT_ROOT
+    from pipeline.core.params import PROJECT_ROOT
 
     try:
         result = retrain_flow(str((root or PROJECT_ROOT).resolve()), str(inbox) if inbox else None)
@@ -103,7 +103,7 @@ def schedule(
 
     telemetry_off()
     from flows.schedule import ScheduleError, serve
-    from pipeline.params import PROJECT_ROOT
+    from pipeline.core.params import PROJECT_ROOT
 
     try:
         serve((root or PROJECT_ROOT).resolve(), inbox, cron, interval, name)

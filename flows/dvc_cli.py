@@ -17,10 +17,12 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.core.errors import CoconetError
+
 SKIPPED_MARK = "didn't change, skipping"
 
 
-class DvcError(RuntimeError):
+class DvcError(CoconetError, RuntimeError):
     """A DVC command exited non-zero; the message carries the end of its output."""
 
 

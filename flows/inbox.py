@@ -74,7 +74,7 @@ def default_inbox(root: Path) -> Path:
 
 def verify_pair(folder: Path) -> InboxPair:
     """Check one inbox folder; raises ValueError naming the problem."""
-    from pipeline.imageio import IMAGE_SUFFIXES, ImageError, read_image
+    from pipeline.core.imageio import IMAGE_SUFFIXES, ImageError, read_image
 
     if not NAME_RE.match(folder.name):
         raise ValueError("folder name must be letters, digits, '_', '.', '-' (max 100)")

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.params import ParamsError, load_params
+from pipeline.core.params import ParamsError, load_params
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

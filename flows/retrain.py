@@ -21,8 +21,8 @@ from prefect.cache_policies import NONE
 
 from flows import inbox as inbox_mod
 from flows.dvc_cli import pending_stages
-from flows.pipeline import pipeline, run_logger
-from pipeline.params import PROJECT_ROOT
+from flows.repro import pipeline, run_logger
+from pipeline.core.params import PROJECT_ROOT
 
 LOCK_NAME = "coconet-retrain.lock"
 

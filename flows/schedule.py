@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.core.errors import CoconetError
+
 DEPLOYMENT = "coconet-retrain"
 
 
-class ScheduleError(RuntimeError):
+class ScheduleError(CoconetError, RuntimeError):
     """No usable Prefect server or no schedule given."""
 
 

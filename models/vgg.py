@@ -18,6 +18,8 @@ from torch import nn
 from torchvision.models import VGG19_Weights
 from torchvision.models.vgg import cfgs, make_layers
 
+from models.errors import CoconetError
+
 VGG19_FILE = (
     "vgg19-dcbb9e9d.pth"  # torchvision's file name; the part after "-" is the sha256 prefix
 )
@@ -30,7 +32,7 @@ _SIDE_SLICES = ((0, 2), (2, 4), (4, 9), (9, 18))  # relu1_1 | pool, conv1_2 | re
 _CONTRAST_SLICES = ((0, 2), (2, 7), (7, 12), (12, 21), (21, 30))  # relu1_1 .. relu5_1
 
 
-class VGGWeightsError(RuntimeError):
+class VGGWeightsError(CoconetError, RuntimeError):
     """The requested VGG-19 weights cannot be loaded."""
 
 

@@ -1,1 +1,1 @@
-"""The DVC stages of the coconet pipeline (one module each) and the code they share."""
+"""The coconet pipeline: DVC stages (``stages/``) and the packages they share."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.params import PROJECT_ROOT
+from pipeline.core.params import PROJECT_ROOT
 
 TNO_COMMIT = "5f287300dce7cbc90b9e08e6872455af6baa279f"
 TNO_DIR = (

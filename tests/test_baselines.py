@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.baselines import BASELINES, average, laplacian_pyramid, maximum
+from pipeline.evaluation.baselines import BASELINES, average, laplacian_pyramid, maximum
 from pipeline.metrics import spatial_frequency
 
 

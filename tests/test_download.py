@@ -14,10 +14,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import catalogue, download
 from pipeline.catalogue import CatalogueError, Weight
-from pipeline.download import DownloadError, Request, fetch_all
-from pipeline.params import PROJECT_ROOT, Params
+from pipeline.catalogue import loader as catalogue
+from pipeline.core.params import PROJECT_ROOT, Params
+from pipeline.core.paths import ProjectPaths
+from pipeline.stages import download
+from pipeline.stages.download import DownloadError, Request, fetch_all
 
 HOST = "example.org/tiny@0123abcd"
 TRAIN_PAIRS = {"a": (24, 32), "b": (20, 28), "c": (24, 32)}
@@ -134,7 +136,7 @@ def _no_leftovers(folder: Path) -> list[Path]:
 
 def test_stage_over_http_writes_layout_index_and_skips_verified_files(tmp_path, server):
     root = tmp_path / "repo"
-    index = download.run(_params(tmp_path, _url(server)), root)
+    index = download.run(_params(tmp_path, _url(server)), ProjectPaths(root))
     assert list(index.columns) == download.INDEX_COLUMNS
     assert index.set_index("pair_id")["split"].to_dict() == {
         "tinytrain/a": "train", "tinytrain/b": "train", "tinytrain/c": "train",
@@ -154,12 +156,14 @@ def test_stage_over_http_writes_layout_index_and_skips_verified_files(tmp_path, 
     first = len(server.state["requests"])
     assert first == 11
 
-    download.run(_params(tmp_path, _url(server)), root)  # verified files are not refetched
+    download.run(
+        _params(tmp_path, _url(server)), ProjectPaths(root)
+    )  # verified files are not refetched
     assert len(server.state["requests"]) == first
 
     cached = tmp_path / "cache" / HOST / "vis/b.png"
     cached.write_bytes(b"stale")  # a cached file that fails verification is fetched again
-    download.run(_params(tmp_path, _url(server)), root)
+    download.run(_params(tmp_path, _url(server)), ProjectPaths(root))
     assert server.state["requests"][first:] == [f"/{HOST}/vis/b.png"]
     assert sha256(cached) == sha256(tiny_path(server, "vis/b.png"))
 
@@ -173,7 +177,7 @@ def test_corrupt_file_fails_naming_url_and_both_hashes(tmp_path, server):
     server.state["faults"][path], server.state["budget"][path] = "corrupt", 2
     root = tmp_path / "repo"
     with pytest.raises(DownloadError) as err:
-        download.run(_params(tmp_path, _url(server), retries=1), root)
+        download.run(_params(tmp_path, _url(server), retries=1), ProjectPaths(root))
     message = str(err.value)
     good = sha256(tiny_path(server, "vis/b.png"))
     body = tiny_path(server, "vis/b.png").read_bytes()
@@ -206,20 +210,22 @@ def test_connection_dropped_half_way_then_retry_succeeds(tmp_path, server):
 @pytest.mark.parametrize("form", ["folder", "file_url"])
 def test_folder_and_file_url_mirrors_are_verified_copies(tmp_path, tiny, form, monkeypatch):
     mirror = str(tiny) if form == "folder" else tiny.as_uri()
-    index = download.run(_params(tmp_path, mirror), tmp_path / "repo")
+    index = download.run(_params(tmp_path, mirror), ProjectPaths(tmp_path / "repo"))
     assert len(index) == 5
     (tiny / HOST / "ir/a.png").write_bytes(b"tampered")
     monkeypatch.setenv("COCONET_CACHE", str(tmp_path / "cache2"))
     with pytest.raises(DownloadError, match="checksum mismatch"):
-        download.run(_params(tmp_path, mirror), tmp_path / "repo2")
+        download.run(_params(tmp_path, mirror), ProjectPaths(tmp_path / "repo2"))
 
 
 def test_mirror_env_wins_and_missing_mirror_is_clear(tmp_path, tiny, monkeypatch):
     monkeypatch.setenv("COCONET_MIRROR", str(tiny))
-    assert len(download.run(_params(tmp_path, "/nonexistent"), tmp_path / "repo")) == 5
+    assert (
+        len(download.run(_params(tmp_path, "/nonexistent"), ProjectPaths(tmp_path / "repo"))) == 5
+    )
     monkeypatch.delenv("COCONET_MIRROR")
     with pytest.raises(DownloadError, match="/nonexistent: no such directory"):
-        download.run(_params(tmp_path, "/nonexistent"), tmp_path / "repo")
+        download.run(_params(tmp_path, "/nonexistent"), ProjectPaths(tmp_path / "repo"))
 
 
 def test_pair_size_mismatch_stops_stage_naming_pair_and_sizes(tmp_path, tiny):
@@ -234,13 +240,15 @@ def test_pair_size_mismatch_stops_stage_naming_pair_and_sizes(tmp_path, tiny):
     cat.write_text("\n".join(fixed) + "\n")
     root = tmp_path / "repo"
     with pytest.raises(DownloadError, match=r"tinytrain/c: infrared is 32x24 .* vis is 10x10"):
-        download.run(_params(tmp_path, str(tiny)), root)
+        download.run(_params(tmp_path, str(tiny)), ProjectPaths(root))
     assert not list((root / "data").iterdir())
 
 
 def test_weights_offline_error_names_url_and_the_way_out(tmp_path, tiny):
     with pytest.raises(DownloadError) as err:
-        download.run(_params(tmp_path, str(tiny), vgg19="imagenet"), tmp_path / "repo")
+        download.run(
+            _params(tmp_path, str(tiny), vgg19="imagenet"), ProjectPaths(tmp_path / "repo")
+        )
     message = str(err.value)
     assert "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth" in message
     assert "COCONET_MIRROR" in message and "download.vgg19=none" in message
@@ -255,18 +263,20 @@ def test_sam_checkpoint_is_md5_verified_and_placed_in_data_weights(tmp_path, tin
                     f"md5:{md5}", "data/weights/sam_vit_b.pth")  # fmt: skip
     monkeypatch.setattr(download, "load_weights", lambda: {("sam", "vit_b"): weight})
     root = tmp_path / "repo"
-    download.run(_params(tmp_path, str(tiny), sam="vit_b"), root)
+    download.run(_params(tmp_path, str(tiny), sam="vit_b"), ProjectPaths(root))
     assert (root / "data/weights/sam_vit_b.pth").read_bytes() == blob.read_bytes()
     assert f"md5:{md5}" in (root / "data/weights/README.txt").read_text()
     bad = Weight("sam", "vit_b", weight.url, "md5:" + "0" * 32, weight.target)
     monkeypatch.setattr(download, "load_weights", lambda: {("sam", "vit_b"): bad})
     with pytest.raises(DownloadError, match="0" * 32):
-        download.run(_params(tmp_path, str(tiny), sam="vit_b"), tmp_path / "repo2")
+        download.run(_params(tmp_path, str(tiny), sam="vit_b"), ProjectPaths(tmp_path / "repo2"))
 
 
 def test_unknown_dataset_lists_the_catalogue(tmp_path, tiny):
     with pytest.raises(CatalogueError, match="tinytest, tinytrain"):
-        download.run(_params(tmp_path, str(tiny), datasets=["nope"]), tmp_path / "repo")
+        download.run(
+            _params(tmp_path, str(tiny), datasets=["nope"]), ProjectPaths(tmp_path / "repo")
+        )
 
 
 MIRROR = Path(os.environ.get("COCONET_MIRROR") or PROJECT_ROOT.parent / "shared" / "mirror")
@@ -307,11 +317,13 @@ def test_local_dataset_files_are_verified_in_place(tmp_path, tiny):
     (catalogue.DATASETS_DIR / "mine.yaml").write_text(
         "split: train\nlocal: true\nfiles: mine.tsv\n"
     )
-    index = download.run(_params(tmp_path, str(tiny), datasets=["tinytrain", "mine"]), root)
+    index = download.run(
+        _params(tmp_path, str(tiny), datasets=["tinytrain", "mine"]), ProjectPaths(root)
+    )
     row = index.set_index("pair_id").loc["mine/x1"]
     assert (row.split, row.width, row.height, row.ir_url) == ("train", 14, 12, "incoming/x1/ir.png")
     assert (root / row.vis).is_file()
     (root / "incoming/x1/vis.png").write_bytes(b"changed")
     with pytest.raises(DownloadError, match="incoming/x1/vis.png: sha256 is"):
-        download.run(_params(tmp_path, str(tiny), datasets=["mine"]), root)
+        download.run(_params(tmp_path, str(tiny), datasets=["mine"]), ProjectPaths(root))
     assert (root / row.vis).is_file()  # the previous data/raw is untouched by the failed run

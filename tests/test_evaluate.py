@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import evaluate, report, tracking
-from pipeline.imageio import read_image, write_image
+from pipeline.core.imageio import read_image, write_image
+from pipeline.core.params import PROJECT_ROOT, Params
+from pipeline.core.paths import ProjectPaths
+from pipeline.evaluation import report
 from pipeline.metrics import METRIC_DIRECTION, METRIC_NAMES, compute_metrics
-from pipeline.params import PROJECT_ROOT, Params
-from pipeline.paths import ProjectPaths
+from pipeline.stages import evaluate
+from pipeline.tracking import experiment as tracking
 
 PAIRS = [("tno40", "kayak", "test"), ("tno40", "bench", "test"), ("tno_masked", "car", "train")]
 
@@ -90,7 +92,7 @@ def test_evaluate_fills_reports_and_the_training_run(trained, monkeypatch):
     stale = paths.evaluation / "gallery" / "stale.png"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"from an earlier run")
-    means = evaluate.evaluate(params(), paths)
+    means = evaluate.run(params(), paths)
 
     methods = ["CoCoNet", "average", "max", "laplacian"]
     assert list(means) == methods
@@ -146,10 +148,18 @@ def test_missing_training_run_is_a_clear_error(trained, tmp_path):
     root, _, _ = trained
     paths = ProjectPaths(tmp_path)
     with pytest.raises(FileNotFoundError, match="run the train stage first"):
-        evaluate.evaluate(params(), paths)
+        evaluate.run(params(), paths)
     params_file = PROJECT_ROOT / "params.yaml"
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.evaluate", "--params", params_file, "--root", tmp_path],
+        [
+            sys.executable,
+            "-m",
+            "pipeline.stages.evaluate",
+            "--params",
+            params_file,
+            "--root",
+            tmp_path,
+        ],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,

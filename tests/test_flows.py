@@ -17,9 +17,9 @@ from filelock import FileLock
 from flows import inbox as inbox_mod
 from flows.dvc_cli import pending_stages, stage_names
 from flows.overrides import apply_overrides
-from flows.pipeline import metric_table, repro_stage
-from pipeline.imageio import write_image
-from pipeline.params import PROJECT_ROOT, ParamsError, load_params
+from flows.repro import metric_table, repro_stage
+from pipeline.core.imageio import write_image
+from pipeline.core.params import PROJECT_ROOT, ParamsError, load_params
 
 STAGES_PY = """
 import json, os, pathlib, sys
@@ -188,7 +188,7 @@ def test_flows_end_to_end(tiny, prefect_server, monkeypatch):
     a failing retrain that leaves the inbox intact, and a retrain refused by the lock."""
     from prefect.client.orchestration import get_client
 
-    from flows.pipeline import pipeline
+    from flows.repro import pipeline
     from flows.retrain import lock_path, retrain
 
     first = pipeline(str(tiny))

@@ -9,9 +9,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.colour import rgb_to_ycbcr, ycbcr_to_rgb
-from pipeline.fuse import ModelLoadError, fuse_arrays, load_fusion_model
-from pipeline.imageio import read_image, write_image
+from pipeline.core.colour import rgb_to_ycbcr, ycbcr_to_rgb
+from pipeline.core.imageio import read_image, write_image
+from pipeline.inference import ModelLoadError, fuse_arrays, load_fusion_model
 
 runner = CliRunner()
 

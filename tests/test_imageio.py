@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.imageio import (
+from pipeline.core.imageio import (
     ImageError,
     atomic_write,
     match_pairs,

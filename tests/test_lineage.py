@@ -9,9 +9,10 @@ import pytest
 import yaml
 from registry_fixtures import log_training_run, make_project
 
-from pipeline import lineage
-from pipeline import register as reg
-from pipeline.params import load_params
+from pipeline.core.params import load_params
+from pipeline.core.paths import ProjectPaths
+from pipeline.stages import register as reg
+from pipeline.tracking import lineage
 
 METRICS = {"VIF": 0.6, "Qabf": 0.5, "SSIM": 0.7}
 
@@ -43,7 +44,7 @@ def project(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     log_training_run(root, uri)
-    record = reg.register(load_params(root / "params.yaml"), root)
+    record = reg.run(load_params(root / "params.yaml"), ProjectPaths(root))
     return root, record
 
 

@@ -10,15 +10,16 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from pipeline import masks
-from pipeline.masks import MasksError, mask_scores
-from pipeline.params import MasksParams, Params
-from pipeline.saliency import (
+from pipeline.core.params import MasksParams, Params
+from pipeline.core.paths import ProjectPaths
+from pipeline.data.saliency import (
     SamPromptSegmenter,
     hot_regions,
     ir_saliency,
     surround_contrast,
 )
+from pipeline.stages import masks
+from pipeline.stages.masks import MasksError, mask_scores
 
 
 def scene(h: int = 96, w: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -186,7 +187,7 @@ def _raw_layout(root, with_test_pair=True):
 def test_masks_stage_ir_saliency(tmp_path):
     _raw_layout(tmp_path)
     params = Params.model_validate({"masks": {"method": "ir_saliency", "preview_pairs": 2}})
-    summary = masks.run(params, tmp_path)
+    summary = masks.run(params, ProjectPaths(tmp_path))
     index = pd.read_csv(tmp_path / "data/masks/index.csv")
     assert index.to_dict("list") == {
         "pair_id": ["tiny/p1", "tiny/p2"],
@@ -212,7 +213,7 @@ def test_masks_stage_with_tiny_sam_records_method(tmp_path, tiny_predictor):
     settings = {"method": "sam", "hot_percentile": 95, "min_contrast": 0.0, "max_area_frac": 0.9}
     params = Params.model_validate({"masks": settings})
     segmenter = SamPromptSegmenter(tiny_predictor, params.masks)
-    summary = masks.run(params, tmp_path, segmenter=segmenter)
+    summary = masks.run(params, ProjectPaths(tmp_path), segmenter=segmenter)
     methods = pd.read_csv(tmp_path / "data/masks/index.csv")["method"].tolist()
     assert methods == ["manual", "sam"] and summary["method"] == "sam"
 
@@ -221,7 +222,7 @@ def test_missing_sam_checkpoint_says_what_to_set(tmp_path):
     _raw_layout(tmp_path)
     params = Params.model_validate({"masks": {"method": "sam", "sam_model": "vit_l"}})
     with pytest.raises(MasksError, match=r"download.sam=vit_l .*masks.method=ir_saliency"):
-        masks.run(params, tmp_path)
+        masks.run(params, ProjectPaths(tmp_path))
     assert not (tmp_path / "data/masks").exists()
 
 

@@ -10,7 +10,7 @@ from scipy.signal import convolve2d, correlate2d
 from skimage.metrics import structural_similarity
 
 from pipeline import metrics as M
-from pipeline.imageio import read_image, write_image
+from pipeline.core.imageio import read_image, write_image
 
 H, W = 57, 67  # odd sizes, above the 41-pixel minimum of VIF's four scales
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.imageio import read_image, write_image
+from pipeline.core.imageio import read_image, write_image
+from pipeline.core.params import PROJECT_ROOT
 from pipeline.metrics import METRIC_NAMES, compute_metrics
-from pipeline.params import PROJECT_ROOT
 
 MIRROR = Path(os.environ.get("COCONET_MIRROR", PROJECT_ROOT.parent / "shared" / "mirror"))
 TNO = (

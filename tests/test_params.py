@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.params import PARAMS_FILE, PROJECT_ROOT, ParamsError, load_params
+from pipeline.core.params import PARAMS_FILE, PROJECT_ROOT, ParamsError, load_params
 
 
 def committed_params_file(tmp_path) -> Path:

@@ -13,10 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import patches as stage
-from pipeline.dataset import PatchDataset
-from pipeline.imageio import read_image, to_grey, to_uint8
-from pipeline.params import Params
+from pipeline.core.imageio import read_image, to_grey, to_uint8
+from pipeline.core.params import Params
+from pipeline.core.paths import ProjectPaths
+from pipeline.data.patch_dataset import PatchDataset
+from pipeline.stages import patches as stage
 
 SIZES = {"p1": (40, 56), "p2": (33, 48), "small": (10, 12)}
 
@@ -67,7 +68,7 @@ def test_two_runs_are_byte_identical_and_the_seed_matters(tmp_path):
     digests = []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         make_layout(tmp_path / name)
-        stage.run(params(max_per_pair=5, seed=seed), tmp_path / name)
+        stage.run(params(max_per_pair=5, seed=seed), ProjectPaths(tmp_path / name))
         digests.append(sha256(tmp_path / name / "data/patches.h5"))
     assert digests[0] == digests[1]
     assert digests[2] != digests[0]
@@ -75,7 +76,7 @@ def test_two_runs_are_byte_identical_and_the_seed_matters(tmp_path):
 
 def test_patches_are_aligned_grid_windows_without_augmentation(tmp_path):
     stacks = make_layout(tmp_path)
-    summary = stage.run(params(hflip_p=0, vflip_p=0, rotate90_p=0), tmp_path)
+    summary = stage.run(params(hflip_p=0, vflip_p=0, rotate90_p=0), ProjectPaths(tmp_path))
     with h5py.File(tmp_path / "data/patches.h5") as h5:
         data, ids, yx = h5["patches"][...], h5["pair_id"].asstr()[...], h5["yx"][...]
         assert h5.attrs["channels"] == "visible_y,infrared,mask" and h5.attrs["size"] == 16
@@ -97,12 +98,12 @@ def test_patches_are_aligned_grid_windows_without_augmentation(tmp_path):
 
 def test_augmentation_moves_the_three_channels_together(tmp_path):
     stacks = make_layout(tmp_path)
-    stage.run(params(hflip_p=1.0, vflip_p=0, rotate90_p=0), tmp_path)
+    stage.run(params(hflip_p=1.0, vflip_p=0, rotate90_p=0), ProjectPaths(tmp_path))
     with h5py.File(tmp_path / "data/patches.h5") as h5:
         data, ids, yx = h5["patches"][...], h5["pair_id"].asstr()[...], h5["yx"][...]
     for patch, pair_id, (y, x) in zip(data, ids, yx, strict=True):
         assert np.array_equal(patch, stacks[pair_id][:, y : y + 16, x : x + 16][:, :, ::-1])
-    stage.run(params(rotate90_p=1.0, hflip_p=0, vflip_p=0, max_per_pair=3), tmp_path)
+    stage.run(params(rotate90_p=1.0, hflip_p=0, vflip_p=0, max_per_pair=3), ProjectPaths(tmp_path))
     with h5py.File(tmp_path / "data/patches.h5") as h5:
         data, ids, yx = h5["patches"][...], h5["pair_id"].asstr()[...], h5["yx"][...]
     assert len(data) == 6 and (ids == "toy/p1").sum() == 3
@@ -117,13 +118,13 @@ def test_missing_masks_stage_output_is_a_clear_error(tmp_path):
     make_layout(tmp_path)
     (tmp_path / "data/masks/index.csv").unlink()
     with pytest.raises(FileNotFoundError, match="masks stage"):
-        stage.run(params(), tmp_path)
+        stage.run(params(), ProjectPaths(tmp_path))
     assert not (tmp_path / "data/patches.h5").exists()
 
 
 def test_patch_dataset_loads_once_and_serves_float_tensors(tmp_path, monkeypatch):
     make_layout(tmp_path)
-    stage.run(params(), tmp_path)
+    stage.run(params(), ProjectPaths(tmp_path))
     with h5py.File(tmp_path / "data/patches.h5") as h5:
         raw = h5["patches"][...]
     dataset = PatchDataset(tmp_path / "data/patches.h5")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.params import PROJECT_ROOT
 from pipeline.metrics import METRIC_NAMES
-from pipeline.params import PROJECT_ROOT
 from tests.tiny_project import _project_files, coconet, mirror_dir, project_env
 
 pytestmark = pytest.mark.slow

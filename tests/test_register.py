@@ -7,8 +7,9 @@ import json
 import pytest
 from registry_fixtures import log_training_run, make_project
 
-from pipeline import register as reg
-from pipeline.params import Params
+from pipeline.core.params import Params
+from pipeline.core.paths import ProjectPaths
+from pipeline.stages import register as reg
 
 PARAMS = Params.model_validate(
     {"model": {"vgg_weights": "random"}, "register": {"promote_metrics": ["VIF", "Qabf", "Nabf"]}}
@@ -96,7 +97,7 @@ def test_register_promotes_by_rule_and_records_lineage(tmp_path, store):
 
     root = make_project(tmp_path / "proj", GOOD)
     log_training_run(root, store)
-    first = reg.register(PARAMS, root)
+    first = reg.run(PARAMS, ProjectPaths(root))
     assert first["version"] == "1" and first["alias"] == "champion"
     assert json.loads((root / "artifacts/registered.json").read_text()) == first
 
@@ -117,7 +118,7 @@ def test_register_promotes_by_rule_and_records_lineage(tmp_path, store):
     # a worse model: challenger, champion untouched
     (root / "reports/metrics.json").write_text(json.dumps({**GOOD, "VIF": 0.1, "Qabf": 0.1}))
     log_training_run(root, store)
-    second = reg.register(PARAMS, root)
+    second = reg.run(PARAMS, ProjectPaths(root))
     assert second["alias"] == "challenger" and second["compared_to"] == "1"
     assert client.get_model_version_by_alias("coconet", "champion").version == 1
     assert client.get_model_version("coconet", "2").tags["promotion.decision"] == "challenger"
@@ -125,7 +126,7 @@ def test_register_promotes_by_rule_and_records_lineage(tmp_path, store):
     # a better one takes the champion alias; the model loads through the alias
     (root / "reports/metrics.json").write_text(json.dumps({**GOOD, "VIF": 0.9, "Nabf": 0.01}))
     log_training_run(root, store)
-    third = reg.register(PARAMS, root)
+    third = reg.run(PARAMS, ProjectPaths(root))
     assert third["alias"] == "champion"
     assert client.get_model_version_by_alias("coconet", "champion").version == 3
     model = mlflow.pytorch.load_model("models:/coconet@champion")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from tiny_project import coconet, make_tiny_project, mirror_dir, project_env
 
-from pipeline.imageio import write_image
+from pipeline.core.imageio import write_image
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
@@ -89,7 +89,7 @@ def _versions(uri: str) -> list:
 
 
 def test_scheduled_retrain_registers_a_new_version(tmp_path):
-    from pipeline import lineage
+    from pipeline.tracking import lineage
 
     root = make_tiny_project(tmp_path / "proj")
     env = project_env(root, tmp_path / "cache")

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from pipeline import tracking
-from pipeline.params import PROJECT_ROOT, Params
+from pipeline.core.params import PROJECT_ROOT, Params
+from pipeline.tracking import experiment as tracking
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,10 @@ import pytest
 import torch
 import yaml
 
-from pipeline import checkpoint, train
-from pipeline.params import PROJECT_ROOT, Params
-from pipeline.paths import ProjectPaths
+from pipeline.core.params import PROJECT_ROOT, Params
+from pipeline.core.paths import ProjectPaths
+from pipeline.stages import train
+from pipeline.training import checkpoint, trainer
 
 PATCH = 16  # the smallest size the contrastive loss's VGG taps accept
 N_PATCHES = 8
@@ -81,7 +82,7 @@ def model_state(paths: ProjectPaths) -> dict[str, torch.Tensor]:
 def test_two_phase_training_writes_every_output(project):
     import mlflow
 
-    record = train.train(tiny_params(), project, force_cpu=True)
+    record = train.run(tiny_params(), project, cpu=True)
 
     saved = torch.load(project.model, weights_only=True)
     assert set(saved) >= {"state_dict", "vgg_weights", "params"}
@@ -89,7 +90,7 @@ def test_two_phase_training_writes_every_output(project):
     assert saved["params"]["train"]["batch_size"] == 4
 
     losses = pd.read_csv(project.loss_csv)
-    assert list(losses.columns) == list(train.HISTORY_COLUMNS)
+    assert list(losses.columns) == list(trainer.HISTORY_COLUMNS)
     assert losses["step"].tolist() == [1, 2, 3, 4]
     assert losses["phase"].tolist() == [1, 1, 2, 2]
     phase1, phase2 = losses[losses.phase == 1], losses[losses.phase == 2]
@@ -115,7 +116,7 @@ def test_two_phase_training_writes_every_output(project):
 
 def test_resume_after_crash_matches_uninterrupted_run(project, tmp_path_factory, monkeypatch):
     params = tiny_params()
-    train.train(params, project, force_cpu=True)
+    train.run(params, project, cpu=True)
     straight = model_state(project)
     straight_losses = pd.read_csv(project.loss_csv)
 
@@ -126,21 +127,21 @@ def test_resume_after_crash_matches_uninterrupted_run(project, tmp_path_factory,
     class Crash(RuntimeError):
         pass
 
-    real_save = train.save_checkpoint
+    real_save = trainer.save_checkpoint
 
     def save_then_crash(*args, **kwargs):
         real_save(*args, **kwargs)
         raise Crash("simulated crash after the first checkpoint")
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_crash)
     with pytest.raises(Crash):
-        train.train(params, other, force_cpu=True)
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
+        train.run(params, other, cpu=True)
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
     assert not other.model.exists()
     crashed = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(other.checkpoints))
     assert crashed["epoch"] == 1 and crashed["phase"] == 1
 
-    record = train.train(params, other, force_cpu=True)
+    record = train.run(params, other, cpu=True)
     resumed = model_state(other)
     assert resumed.keys() == straight.keys()
     for key in straight:
@@ -158,7 +159,7 @@ def test_resume_after_crash_matches_uninterrupted_run(project, tmp_path_factory,
 
 def test_checkpoint_of_other_params_or_data_is_not_resumed(project, capsys):
     params = tiny_params(phase2_epochs=0)
-    train.train(params, project, force_cpu=True)
+    train.run(params, project, cpu=True)
     expected = checkpoint.fingerprint(params, project.patches)
     state, message = checkpoint.find_resumable(project.checkpoints, expected)
     assert state is not None and "resuming" in message
@@ -172,14 +173,14 @@ def test_checkpoint_of_other_params_or_data_is_not_resumed(project, capsys):
     assert state is None and "different patches_md5" in message
 
     capsys.readouterr()
-    train.train(params, project, force_cpu=True)  # new data: trains from scratch
+    train.run(params, project, cpu=True)  # new data: trains from scratch
     assert "starting fresh" in capsys.readouterr().out
 
 
 def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     import random
 
-    train.seed_everything(3)
+    trainer.seed_everything(3)
     state = checkpoint.rng_state()
     expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
     checkpoint.save_checkpoint(tmp_path, 1, {"rng": [state]})
@@ -192,11 +193,19 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
 
 def test_missing_patches_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no patches file; run the patches stage"):
-        train.train(tiny_params(), ProjectPaths(tmp_path), force_cpu=True)
+        train.run(tiny_params(), ProjectPaths(tmp_path), cpu=True)
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(tiny_params().model_dump(mode="json", by_alias=True)))
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.train", "--params", params_file, "--root", tmp_path],
+        [
+            sys.executable,
+            "-m",
+            "pipeline.stages.train",
+            "--params",
+            params_file,
+            "--root",
+            tmp_path,
+        ],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
@@ -219,7 +228,7 @@ def test_two_process_ddp_on_cpu(project, store):
         "--standalone",
         "--nproc_per_node=2",
         "-m",
-        "pipeline.train",
+        "pipeline.stages.train",
         "--params",
         str(params_file),
         "--root",
@@ -247,10 +256,10 @@ def test_two_process_ddp_on_cpu(project, store):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_training_on_cuda_with_mixed_precision(project):
-    record = train.train(tiny_params(), project)
+    record = train.run(tiny_params(), project)
     assert record is not None
     losses = pd.read_csv(project.loss_csv)
-    assert np.isfinite(losses[list(train.LOSS_NAMES)].to_numpy()).all()
+    assert np.isfinite(losses[list(trainer.LOSS_NAMES)].to_numpy()).all()
     state = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(project.checkpoints))
     assert "cuda" in state["rng"][0]
     assert all(v.device.type == "cpu" for v in model_state(project).values())

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.params import PROJECT_ROOT
+from pipeline.core.params import PROJECT_ROOT
 
 TINY_PARAMS = [
     "download.datasets=[tno40, tno_masked]",

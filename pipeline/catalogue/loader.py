@@ -1,0 +1,230 @@
+"""The dataset and weights catalogue: every file by its pinned public URL and checksum.
+
+``pipeline/catalogue/datasets/<name>.yaml`` describes one dataset (source, licence, split) and
+names its file list ``<name>.tsv`` (columns pair, role, url, sha256, bytes; role is ir, vis or
+mask). Adding a dataset is adding these two files; the TSV can be built from a manifest of
+URLs and hashes with ``python -m pipeline.catalogue import <name> --manifest MANIFEST.tsv``.
+An entry with ``local: true`` names files by their path relative to the project root instead
+of a URL (pairs ingested by the retrain flow); they are verified the same way.
+``pipeline/catalogue/weights.yaml`` lists the pretrained weight files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.core.errors import CoconetError
+
+CATALOGUE_DIR = Path(__file__).resolve().parent
+DATASETS_DIR = CATALOGUE_DIR / "datasets"
+WEIGHTS_FILE = CATALOGUE_DIR / "weights.yaml"
+ROLES = ("ir", "vis", "mask")
+SPLITS = ("train", "test", "unused")
+TSV_COLUMNS = ("pair", "role", "url", "sha256", "bytes")
+
+
+class CatalogueError(CoconetError, ValueError):
+    """A catalogue entry is missing or inconsistent."""
+
+
+@dataclass(frozen=True)
+class CatalogueFile:
+    """One file of a dataset: its role in a pair, pinned URL and sha256."""
+
+    pair: str
+    role: str
+    url: str
+    sha256: str
+    bytes: int
+
+    @property
+    def key(self) -> str:
+        """Cache-relative path: the URL without its scheme (``HOST/PATH``)."""
+        return url_key(self.url)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A catalogued dataset: metadata, its files grouped into pairs, and its split rule."""
+
+    name: str
+    description: str
+    source: str
+    licence: str
+    split: str
+    files: tuple[CatalogueFile, ...]
+    excluded: dict[str, str] = field(default_factory=dict)  # pair -> split (e.g. unused)
+    local: bool = False  # files are project-relative paths, not URLs
+
+    def pairs(self) -> dict[str, dict[str, CatalogueFile]]:
+        """Files grouped by pair name, sorted naturally (2 before 10)."""
+        grouped: dict[str, dict[str, CatalogueFile]] = {}
+        for entry in self.files:
+            grouped.setdefault(entry.pair, {})[entry.role] = entry
+        return {name: grouped[name] for name in sorted(grouped, key=natural_key)}
+
+    def split_of(self, pair: str) -> str:
+        """The split of one pair: the dataset's split unless the pair is excluded."""
+        return self.excluded.get(pair, self.split)
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A pretrained weight file: URL, pooch-style known hash, and where it goes."""
+
+    family: str
+    variant: str
+    url: str
+    known_hash: str
+    target: str
+    bytes: int | None = None
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+def url_key(url: str) -> str:
+    """``https://HOST/PATH`` -> ``HOST/PATH`` (the layout of the mirror and of the cache)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not rest:
+        raise CatalogueError(f"{url}: not an absolute URL")
+    return rest
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key that orders embedded numbers numerically."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+
+
+def available_datasets() -> list[str]:
+    """Names of all catalogued datasets."""
+    return sorted(p.stem for p in DATASETS_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CatalogueError(f"{path}: cannot read catalogue entry: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CatalogueError(f"{path}: a catalogue entry must be a mapping")
+    return data
+
+
+def read_files_tsv(path: Path) -> tuple[CatalogueFile, ...]:
+    """Read a dataset's file list, checking columns, roles and hashes."""
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+    except OSError as exc:
+        raise CatalogueError(f"{path}: cannot read file list: {exc}") from exc
+    files = []
+    for number, row in enumerate(rows, start=2):
+        if set(TSV_COLUMNS) - set(row):
+            raise CatalogueError(f"{path}: columns must be {', '.join(TSV_COLUMNS)}")
+        if row["role"] not in ROLES or not re.fullmatch(r"[0-9a-f]{64}", row["sha256"]):
+            raise CatalogueError(f"{path}:{number}: bad role or sha256 in {row}")
+        files.append(
+            CatalogueFile(row["pair"], row["role"], row["url"], row["sha256"], int(row["bytes"]))
+        )
+    return tuple(files)
+
+
+def _excluded_pairs(rule: dict, entry: Path) -> dict[str, str]:
+    table = CATALOGUE_DIR / rule["table"]
+    pattern = re.compile(rule["pattern"])
+    split = rule.get("split", "unused")
+    if split not in SPLITS:
+        raise CatalogueError(f"{entry}: exclude.split must be one of {SPLITS}")
+    with table.open(newline="") as handle:
+        values = [row[rule["column"]] for row in csv.DictReader(handle, delimiter="\t")]
+    return {m["pair"]: split for v in values if (m := pattern.match(v))}
+
+
+def load_dataset(name: str) -> Dataset:
+    """Load one catalogue entry; every pair must have infrared and visible files."""
+    entry = DATASETS_DIR / f"{name}.yaml"
+    if not entry.is_file():
+        known = ", ".join(available_datasets())
+        raise CatalogueError(f"unknown dataset {name!r}: no {entry} (catalogued: {known})")
+    meta = _read_yaml(entry)
+    if meta.get("split") not in ("train", "test"):
+        raise CatalogueError(f"{entry}: split must be train or test")
+    files = read_files_tsv(entry.parent / meta["files"])
+    dataset = Dataset(
+        name=name,
+        description=meta.get("description", ""),
+        source=meta.get("source", ""),
+        licence=meta.get("licence", ""),
+        split=meta["split"],
+        files=files,
+        excluded=_excluded_pairs(meta["exclude"], entry) if meta.get("exclude") else {},
+        local=bool(meta.get("local", False)),
+    )
+    incomplete = [p for p, roles in dataset.pairs().items() if not {"ir", "vis"} <= set(roles)]
+    if incomplete:
+        raise CatalogueError(f"{entry}: pairs lacking ir or vis files: {incomplete[:10]}")
+    return dataset
+
+
+def load_weights() -> dict[tuple[str, str], Weight]:
+    """All catalogued weights keyed by (family, variant), e.g. ("sam", "vit_b")."""
+    data = _read_yaml(WEIGHTS_FILE)
+    return {
+        (family, variant): Weight(
+            family=family,
+            variant=variant,
+            url=spec["url"],
+            known_hash=spec["hash"],
+            target=spec["target"],
+            bytes=spec.get("bytes"),
+        )
+        for family, variants in data.items()
+        for variant, spec in variants.items()
+    }
+
+
+def import_manifest(name: str, manifest: Path) -> Path:
+    """Write ``<name>.tsv`` from a manifest (url, sha256, bytes) using the entry's import rule."""
+    entry = DATASETS_DIR / f"{name}.yaml"
+    meta = _read_yaml(entry)
+    rule = meta["import"]
+    pattern, roles = re.compile(rule["pattern"]), rule["roles"]
+    rows = []
+    with Path(manifest).open(newline="") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            if match := pattern.match(row["url"]):
+                role = roles[match["role"]]
+                rows.append((match["pair"], role, row["url"], row["sha256"], row["bytes"]))
+    if not rows:
+        raise CatalogueError(f"{manifest}: no URL matches the import pattern of {entry}")
+    rows.sort(key=lambda r: (natural_key(r[0]), ROLES.index(r[1])))
+    target = entry.parent / meta["files"]
+    with target.open("w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(TSV_COLUMNS)
+        writer.writerows(rows)
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipeline.catalogue import NAME --manifest PATH``: rebuild a file list."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="build datasets/<name>.tsv from a manifest")
+    imp.add_argument("name")
+    imp.add_argument("--manifest", type=Path, required=True)
+    args = parser.parse_args(argv)
+    target = import_manifest(args.name, args.manifest)
+    print(f"wrote {target} ({len(load_dataset(args.name).pairs())} pairs)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""``coconet`` commands running one pipeline stage each (what ``dvc repro`` runs as modules)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.cli.app import ParamsOption, RootOption, app, fail
+from pipeline.core.params import PARAMS_FILE
+
+
+def _run_stage(stage: str, params_file: Path, root: Path | None, **kwargs: Any) -> Any:
+    """Import ``pipeline.stages.<stage>`` and call its ``run(params, paths)``; errors -> one line."""
+    import importlib
+
+    from pipeline.core.errors import CoconetError
+    from pipeline.core.params import PROJECT_ROOT, load_params
+    from pipeline.core.paths import ProjectPaths
+
+    module = importlib.import_module(f"pipeline.stages.{stage}")
+    try:
+        params = load_params(params_file)
+        return module.run(params, ProjectPaths((root or PROJECT_ROOT).resolve()), **kwargs)
+    except (CoconetError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def download(params_file: ParamsOption = PARAMS_FILE, root: RootOption = None) -> None:
+    """Fetch and verify the catalogued datasets and weights into data/raw and data/weights.
+
+    Files are cached in $COCONET_CACHE (default ~/.cache/coconet) and verified by sha256/md5;
+    set COCONET_MIRROR (a base URL or folder) to read https://HOST/PATH from MIRROR/HOST/PATH.
+    """
+    _run_stage("download", params_file, root)
+
+
+@app.command()
+def masks(params_file: ParamsOption = PARAMS_FILE, root: RootOption = None) -> None:
+    """Write one salient-target mask per training pair into data/masks (manual, sam, ir_saliency).
+
+    Also scores the automatic method against the manual masks in reports/masks.json and
+    draws reports/masks_preview.png.
+    """
+    _run_stage("masks", params_file, root)
+
+
+@app.command()
+def patches(params_file: ParamsOption = PARAMS_FILE, root: RootOption = None) -> None:
+    """Cut seeded training patches (visible Y, infrared, mask) into data/patches.h5."""
+    _run_stage("patches", params_file, root)
+
+
+@app.command()
+def train(
+    params_file: ParamsOption = PARAMS_FILE,
+    root: RootOption = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Train on CPU even if CUDA is present.")] = (
+        False
+    ),
+) -> None:
+    """Train CoCoNet (phase 1 adaptive loss, phase 2 + contrastive) on data/patches.h5.
+
+    Resumes from the last checkpoint in artifacts/checkpoints when it was made with the same
+    train/model params and patches. Tracks the run in MLflow and writes artifacts/model.pt,
+    artifacts/train_run.json and reports/train_loss.csv. Data-parallel:
+    torchrun --nproc_per_node=N -m pipeline.stages.train.
+    """
+    record = _run_stage("train", params_file, root, cpu=cpu)
+    if record:
+        typer.echo(f"MLflow run {record['run_id']}; model {record['model_uri']}")
+
+
+@app.command()
+def evaluate(params_file: ParamsOption = PARAMS_FILE, root: RootOption = None) -> None:
+    """Evaluate the trained model and the classical baselines on the test split.
+
+    Writes reports/metrics.json, reports/evaluation/ (per_image.csv, report.md, gallery/,
+    fused/) and logs them to the training's MLflow run (artifacts/train_run.json).
+    """
+    means = _run_stage("evaluate", params_file, root)
+    typer.echo(f"evaluated {len(means)} methods; see reports/evaluation/report.md")
+
+
+@app.command()
+def register(params_file: ParamsOption = PARAMS_FILE, root: RootOption = None) -> None:
+    """Register the trained model as params register.model_name and promote it by rule.
+
+    The first version becomes 'champion'; a later one only if it beats the champion on at least
+    register.min_wins of register.promote_metrics on the same test split, else 'challenger'.
+    Writes artifacts/registered.json (the DVC register stage runs this).
+    """
+    record = _run_stage("register", params_file, root)
+    typer.echo(f"{record['name']} v{record['version']} -> {record['alias']}: {record['reason']}")

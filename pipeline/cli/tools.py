@@ -1,0 +1,228 @@
+"""``coconet`` commands for users' own images and models: fuse, model, metrics, lineage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.cli.app import ParamsOption, RootOption, app, fail
+from pipeline.core.imageio import ImageError
+from pipeline.core.params import PARAMS_FILE
+
+# --- metrics (pipeline/metrics.py, pipeline/metrics_report.py) ----------------------------
+
+
+IrDirOption = Annotated[Path | None, typer.Option("--ir-dir", help="Folder of infrared images.")]
+VisDirOption = Annotated[
+    Path | None, typer.Option("--vis-dir", help="Folder of visible images (same names).")
+]
+
+
+@app.command()
+def metrics(
+    ir: Annotated[Path | None, typer.Option("--ir", help="Infrared source image.")] = None,
+    vis: Annotated[Path | None, typer.Option("--vis", help="Visible source image.")] = None,
+    fused: Annotated[Path | None, typer.Option("--fused", help="Fused image to score.")] = None,
+    ir_dir: IrDirOption = None,
+    vis_dir: VisDirOption = None,
+    fused_dir: Annotated[
+        Path | None, typer.Option("--fused-dir", help="Folder of fused images (same names).")
+    ] = None,
+    convention: Annotated[
+        str,
+        typer.Option(
+            "--convention",
+            help="matlab (the IVIF MATLAB toolbox) or cddfuse (the CDDFuse Python evaluator).",
+        ),
+    ] = "matlab",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (NaN -> null).")] = False,
+    csv_out: Annotated[
+        Path | None, typer.Option("--csv", help="Also write per-image rows and the mean here.")
+    ] = None,
+) -> None:
+    """Score fused images: EN SD SF AG MI SCD CC VIF Qabf Nabf SSIM PSNR.
+
+    Give one triple (--ir --vis --fused) or three folders (--ir-dir --vis-dir --fused-dir)
+    whose images pair up by file name; folders print one row per image and the mean.
+    Each metric's formula and reference: the docstrings of pipeline/metrics.py.
+    """
+    import json
+
+    from pipeline.evaluation import scoring as report
+    from pipeline.metrics import CONVENTIONS
+
+    if convention not in CONVENTIONS:
+        fail(f"--convention must be one of {', '.join(CONVENTIONS)}, not {convention!r}", 2)
+    single = (ir, vis, fused)
+    folders = (ir_dir, vis_dir, fused_dir)
+    if any(single) and any(folders):
+        fail("give either --ir/--vis/--fused or --ir-dir/--vis-dir/--fused-dir, not both", 2)
+    is_single = any(single) or not any(folders)
+    if is_single and not all(single):
+        fail("give all three of --ir, --vis and --fused (or the three --*-dir folders)", 2)
+    if not is_single and not all(folders):
+        fail("give all three of --ir-dir, --vis-dir and --fused-dir", 2)
+    try:
+        if is_single:
+            scored = [report.score_files(ir, vis, fused, convention)]
+        else:
+            scored = report.score_folders(ir_dir, vis_dir, fused_dir, convention)
+    except ImageError as exc:
+        fail(str(exc))
+    if csv_out is not None:
+        try:
+            report.write_csv(csv_out, scored)
+        except OSError as exc:
+            fail(f"{csv_out}: cannot write ({exc.strerror or exc})")
+    if as_json:
+        typer.echo(json.dumps(report.to_json_dict(scored, convention, is_single), indent=2))
+    else:
+        report.print_table(report.render_table(scored, convention, is_single))
+        if csv_out is not None:
+            typer.echo(f"wrote {csv_out}")
+
+
+@app.command()
+def fuse(
+    ir: Annotated[Path | None, typer.Option("--ir", help="Infrared image.")] = None,
+    vis: Annotated[
+        Path | None, typer.Option("--vis", help="Visible image (grey or colour).")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Output file (one pair) or folder (--*-dir)."),
+    ] = None,
+    ir_dir: IrDirOption = None,
+    vis_dir: VisDirOption = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="Checkpoint file (artifacts/model.pt or a training checkpoint) or MLflow URI "
+            "(models:/coconet@champion, runs:/<run_id>/model).",
+        ),
+    ] = "artifacts/model.pt",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    resize: Annotated[
+        bool, typer.Option("--resize", help="Resize the infrared image to the visible size.")
+    ] = False,
+    bits: Annotated[int, typer.Option("--bits", help="Output bit depth: 8 or 16.")] = 8,
+    ext: Annotated[str, typer.Option("--ext", help="Output format in folder mode.")] = "png",
+) -> None:
+    """Fuse an infrared/visible pair (--ir --vis -o OUT) or two folders (--ir-dir --vis-dir -o DIR).
+
+    Folder pairs match by file name. A colour visible image gives a colour result (fused in
+    YCbCr). Inputs may be 8- or 16-bit PNG/BMP/JPG/TIFF. Every pair is checked before anything
+    is written, and each output file is written atomically.
+    """
+    from rich.progress import track
+
+    from pipeline import inference as fusion
+
+    single, folders = (ir, vis), (ir_dir, vis_dir)
+    if any(single) and any(folders):
+        fail("give either --ir/--vis or --ir-dir/--vis-dir, not both", 2)
+    if not all(single) and not all(folders):
+        fail("give --ir and --vis (one pair) or --ir-dir and --vis-dir (folders)", 2)
+    if output is None:
+        fail("give the output with -o (a file for one pair, a folder for --ir-dir/--vis-dir)", 2)
+    if bits not in (8, 16):
+        fail(f"--bits must be 8 or 16, not {bits}", 2)
+    try:
+        if all(single):
+            fusion.read_pair(vis, ir, resize)  # check the inputs before loading the model
+            net = fusion.load_fusion_model(model, device)
+            fusion.fuse_files(net, vis, ir, output, resize, bits)
+            typer.echo(f"wrote {output}")
+        else:
+            plan = fusion.plan_directory(
+                vis_dir, ir_dir, output, f".{ext.lstrip('.')}", resize, bits
+            )
+            net = fusion.load_fusion_model(model, device)
+
+            def progress(items):
+                return track(items, description="fusing", total=len(plan), transient=True)
+
+            fusion.fuse_directory(net, plan, resize, bits, progress)
+            typer.echo(f"wrote {len(plan)} fused images to {output}")
+    except (ImageError, fusion.ModelLoadError) as exc:
+        fail(str(exc))
+
+
+@app.command("model")
+def model_summary(
+    vgg_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--vgg-weights",
+            help="imagenet, random or a .pth file (default: model.vgg_weights in params.yaml).",
+        ),
+    ] = None,
+    size: Annotated[
+        str, typer.Option("--size", help="Input size WxH for the MAC count.")
+    ] = "640x480",
+    params_file: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Print CoCoNet's architecture summary: parameters (trainable, frozen) and MACs at --size."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from models.coconet import CoCoNet
+    from models.summary import summary
+    from models.vgg import VGGWeightsError
+    from pipeline.core.params import load_params
+
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+        if width < 1 or height < 1:
+            raise ValueError
+    except ValueError:
+        fail(f"--size must look like 640x480, not {size!r}", 2)
+    weights = vgg_weights or load_params(params_file).model.vgg_weights
+    try:
+        net = CoCoNet(vgg_weights=weights)
+    except VGGWeightsError as exc:
+        fail(str(exc))
+    info = summary(net, width, height)
+    table = Table(title=f"CoCoNet (VGG-19 weights: {weights})")
+    for column in ("part", "trainable", "frozen"):
+        table.add_column(column, justify="left" if column == "part" else "right")
+    for name, trainable, frozen in info["parts"]:
+        table.add_row(name, f"{trainable:,}", f"{frozen:,}")
+    table.add_row("total", f"{info['trainable']:,}", f"{info['frozen']:,}", style="bold")
+    console = Console()
+    console.print(table)
+    console.print(f"trainable parameters: {info['trainable']:,}")
+    console.print(f"frozen parameters (VGG-19): {info['frozen']:,}")
+    console.print(f"MACs at {width}x{height}: {info['macs'] / 1e9:.2f} G ({info['macs']:,})")
+
+
+@app.command()
+def lineage(
+    target: Annotated[
+        str, typer.Argument(help="Model URI (models:/name@alias, models:/name/N) or run id.")
+    ] = "models:/coconet@champion",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option("--verify", help="Re-hash local data and outputs; exit 1 on any drift."),
+    ] = False,
+    root: RootOption = None,
+) -> None:
+    """Show a model's lineage: version and aliases, MLflow run, dvc.lock hashes, datasets.
+
+    Read from what register recorded in MLflow, so it survives deleted local data. --verify
+    recomputes DVC's md5 of each recorded path (and the params digest) and reports drift.
+    """
+    from pipeline.core.params import PROJECT_ROOT
+    from pipeline.tracking.lineage import LineageError, audit
+
+    try:
+        text, drift = audit(target, as_json, verify, (root or PROJECT_ROOT).resolve())
+    except LineageError as exc:
+        fail(str(exc))
+    typer.echo(text)
+    if drift:
+        fail("local files differ from the recorded lineage (see verify above)")

@@ -1,0 +1,129 @@
+"""Typed access to ``params.yaml``: one pydantic model per section, validated on load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.core.errors import CoconetError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PARAMS_FILE = PROJECT_ROOT / "params.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrackingParams(_Section):
+    uri: str = "sqlite:///mlflow.db"
+    artifact_root: str = "mlartifacts"
+    experiment: str = "coconet"
+
+
+class DownloadParams(_Section):
+    datasets: list[str] = ["tno40", "tno_masked", "roadscene"]
+    mirror: str = ""
+    workers: int = Field(8, ge=1)
+    retries: int = Field(3, ge=0)
+    vgg19: Literal["imagenet", "none"] = "imagenet"
+    sam: Literal["vit_b", "vit_l", "vit_h", "none"] = "vit_b"
+
+
+class ModelParams(_Section):
+    vgg_weights: str = "imagenet"
+
+
+class MasksParams(_Section):
+    method: Literal["sam", "ir_saliency"] = "sam"
+    sam_model: Literal["vit_b", "vit_l", "vit_h"] = "vit_b"
+    hot_percentile: float = Field(99.0, gt=0, lt=100)
+    max_prompts: int = Field(8, ge=1)
+    min_region_frac: float = Field(0.0005, ge=0, lt=1)
+    min_contrast: float = Field(0.15, ge=0)
+    max_area_frac: float = Field(0.25, gt=0, le=1)
+    saliency_sigma: float = Field(1.5, gt=0)
+    saliency_surround: float = Field(0.3, ge=0)
+    saliency_k: float = 3.5
+    saliency_k_low: float = 2.0
+    preview_pairs: int = Field(8, ge=1)
+
+
+class PatchesParams(_Section):
+    size: int = Field(64, ge=8)
+    stride: int = Field(32, ge=1)
+    max_per_pair: int | None = Field(300, ge=1)
+    min_std: float = Field(4.0, ge=0)
+    seed: int = 0
+    hflip_p: float = Field(0.5, ge=0, le=1)
+    vflip_p: float = Field(0.0, ge=0, le=1)
+    rotate90_p: float = Field(0.0, ge=0, le=1)
+
+
+class TrainParams(_Section):
+    seed: int = 0
+    batch_size: int = Field(30, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    phase1_epochs: int = Field(30, ge=0)
+    phase2_epochs: int = Field(2, ge=0)
+    contrast_weight: float = Field(1.0, ge=0)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    ssim_weight: float = 20.0
+    c1: float = Field(0.5, gt=0)
+    c2: float = Field(0.75, gt=0)
+    ssim_window: int = Field(11, ge=3)
+    ssim_sigma: float = Field(1.5, gt=0)
+    num_workers: int = Field(0, ge=0)
+    log_every: int = Field(10, ge=1)
+
+
+class EvaluateParams(_Section):
+    convention: Literal["matlab", "cddfuse"] = "matlab"
+    max_pairs: int | None = Field(None, ge=1)
+    gallery_pairs: int = Field(8, ge=0)
+
+
+class RegisterParams(_Section):
+    model_name: str = "coconet"
+    promote_metrics: list[str] = Field(["VIF", "Qabf", "SSIM"], min_length=1)
+    min_wins: int = Field(2, ge=1)
+
+
+class Params(_Section):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    tracking: TrackingParams = TrackingParams()
+    download: DownloadParams = DownloadParams()
+    model: ModelParams = ModelParams()
+    masks: MasksParams = MasksParams()
+    patches: PatchesParams = PatchesParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    register_: RegisterParams = Field(RegisterParams(), alias="register")
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON form: the params hash recorded with every model."""
+        text = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+class ParamsError(CoconetError, ValueError):
+    """params.yaml is missing, unreadable or invalid."""
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate ``params.yaml``; errors name the file and the offending keys."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ParamsError(f"{path}: cannot read params: {exc}") from exc
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(f"{path}: invalid params:\n{exc}") from exc

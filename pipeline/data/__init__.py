@@ -1,0 +1,1 @@
+"""Training data: salient-target masks from infrared images, and the patch dataset."""

@@ -1,0 +1,1 @@
+"""Evaluation: classical baselines, scoring image files, the ranking report and gallery."""

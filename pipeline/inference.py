@@ -1,0 +1,238 @@
+"""Fusing image pairs with a trained CoCoNet: model loading, array fusion, file and folder runs.
+
+Inference runs in eval mode under ``torch.inference_mode`` with channels-last tensors and inputs
+on the network's [-1, 1] scale. A colour visible image is fused in YCbCr: the network fuses Y with
+the infrared image and the chroma comes from the visible image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.coconet import CoCoNet
+from pipeline.core.colour import rgb_to_ycbcr, ycbcr_to_rgb
+from pipeline.core.errors import CoconetError
+from pipeline.core.imageio import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    match_pairs,
+    read_image,
+    to_grey,
+    write_image,
+)
+
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "file:/", "s3://", "gs://")
+STATE_KEYS = ("state_dict", "model", "model_state_dict")
+
+
+class ModelLoadError(CoconetError, ValueError):
+    """A fusion model cannot be loaded from the given source."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda asked for, but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise ModelLoadError(f"unknown device {name!r} (use auto, cpu or cuda)")
+    return torch.device(name)
+
+
+def _state_dict_from(checkpoint: Any, source: str) -> tuple[dict[str, torch.Tensor], str]:
+    if not isinstance(checkpoint, dict):
+        raise ModelLoadError(f"{source}: expected a checkpoint dict, found {type(checkpoint)}")
+    vgg_weights = str(checkpoint.get("vgg_weights", "random"))
+    for key in STATE_KEYS:
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    state = {k.removeprefix("module."): v for k, v in checkpoint.items()}
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(
+            f"{source}: no model weights found (expected a 'state_dict' or 'model' entry)"
+        )
+    return state, vgg_weights
+
+
+def load_checkpoint_model(path: str | Path) -> CoCoNet:
+    """A CoCoNet from ``artifacts/model.pt`` or a training checkpoint ("model"/"state_dict").
+
+    The state dict holds the VGG tensors, so no VGG download is needed: the network is built on
+    the meta device and the checkpoint's tensors are assigned to it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{path}: no such model file (train one with `uv run dvc repro train`, or pass "
+            "--model with a checkpoint path or an MLflow URI such as models:/coconet@champion)"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a bad file
+        raise ModelLoadError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    state, vgg_weights = _state_dict_from(checkpoint, str(path))
+    with torch.device("meta"):
+        model = CoCoNet(vgg_weights="random")
+    try:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{path}: weights do not fit CoCoNet ({exc})") from exc
+    for param in model.vgg.parameters():
+        param.requires_grad_(False)
+    model.vgg_weights = model.vgg.weights = vgg_weights
+    return model.eval()
+
+
+def load_mlflow_model(uri: str) -> CoCoNet:
+    """A CoCoNet from an MLflow model URI (``models:/coconet@champion``, ``runs:/<id>/model``)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.core.params import PARAMS_FILE, TrackingParams, load_params
+    from pipeline.tracking.experiment import resolve_tracking_uri
+
+    tracking = load_params().tracking if PARAMS_FILE.is_file() else TrackingParams()
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking.uri))
+    try:
+        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    except (MlflowException, OSError) as exc:
+        raise ModelLoadError(f"{uri}: cannot load the MLflow model ({exc})") from exc
+    if not isinstance(model, CoCoNet):
+        raise ModelLoadError(f"{uri}: not a CoCoNet model ({type(model).__name__})")
+    return model.eval()
+
+
+def load_fusion_model(source: str, device: str | torch.device = "cpu") -> CoCoNet:
+    """A CoCoNet in eval mode on ``device``, from a checkpoint path or an MLflow model URI."""
+    is_uri = source.startswith(MLFLOW_SCHEMES) and not Path(source).exists()
+    model = load_mlflow_model(source) if is_uri else load_checkpoint_model(source)
+    device = resolve_device(device) if isinstance(device, str) else device
+    return model.to(device=device, memory_format=torch.channels_last).eval()
+
+
+def _fuse_grey(model: CoCoNet, vis: np.ndarray, ir: np.ndarray) -> np.ndarray:
+    """Fuse two HxW 0..1 arrays with the network (eval mode, inference mode, channels-last)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            tensors = [
+                torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+                .to(device)
+                .mul(2)
+                .sub(1)
+                .contiguous(memory_format=torch.channels_last)
+                for a in (vis, ir)
+            ]
+            fused = model(*tensors)
+            return fused.add(1).div(2).clamp(0, 1)[0, 0].float().cpu().numpy()
+    finally:
+        model.train(was_training)
+
+
+def fuse_arrays(model: CoCoNet, vis: np.ndarray, ir: np.ndarray) -> np.ndarray:
+    """Fuse float 0..1 arrays (as ``read_image`` returns): HxW, or HxWx3 output for colour ``vis``.
+
+    A colour visible image is fused in YCbCr (Y fused, Cb/Cr kept from the visible image); a
+    colour infrared image is reduced to its luma.
+    """
+    ir = to_grey(ir)
+    if vis.shape[:2] != ir.shape[:2]:
+        raise ValueError(f"visible {vis.shape[:2]} and infrared {ir.shape[:2]} sizes differ")
+    if vis.ndim == 2:
+        return _fuse_grey(model, vis, ir)
+    ycbcr = rgb_to_ycbcr(vis)
+    ycbcr[..., 0] = _fuse_grey(model, ycbcr[..., 0], ir)
+    return ycbcr_to_rgb(ycbcr)
+
+
+def _size(image: np.ndarray) -> str:
+    return f"{image.shape[1]}x{image.shape[0]}"
+
+
+def read_pair(vis_path: Path, ir_path: Path, resize: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Read a pair; differing sizes are an error naming both (or, with ``resize``, the infrared
+    image is resized to the visible size)."""
+    vis, ir = read_image(vis_path), read_image(ir_path)
+    if vis.shape[:2] != ir.shape[:2]:
+        if not resize:
+            raise ImageError(
+                f"{ir_path} is {_size(ir)} but {vis_path} is {_size(vis)} (width x height); "
+                "pass --resize to resize the infrared image to the visible size"
+            )
+        import cv2
+
+        height, width = vis.shape[:2]
+        shrink = ir.shape[0] * ir.shape[1] > height * width
+        ir = cv2.resize(
+            ir, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+        )
+        ir = np.clip(ir, 0.0, 1.0)
+    return vis, ir
+
+
+def check_output(path: Path, colour: bool, bits: int) -> None:
+    """Fail early where the output format cannot hold the result."""
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageError(
+            f"{path}: unsupported output format (use one of {', '.join(IMAGE_SUFFIXES)})"
+        )
+    if bits == 16 and suffix not in (".png", ".tif", ".tiff"):
+        raise ImageError(f"{path}: 16-bit output needs a .png or .tif file")
+    if bits == 16 and colour and suffix == ".png":
+        raise ImageError(f"{path}: 16-bit colour output needs a .tif file")
+
+
+def fuse_files(
+    model: CoCoNet,
+    vis_path: Path,
+    ir_path: Path,
+    out_path: Path,
+    resize: bool = False,
+    bits: int = 8,
+) -> Path:
+    """Fuse one pair of files into ``out_path`` (written atomically)."""
+    vis, ir = read_pair(Path(vis_path), Path(ir_path), resize)
+    check_output(Path(out_path), vis.ndim == 3, bits)
+    return write_image(out_path, fuse_arrays(model, vis, ir), bits=bits)
+
+
+def plan_directory(
+    vis_dir: Path,
+    ir_dir: Path,
+    out_dir: Path,
+    suffix: str = ".png",
+    resize: bool = False,
+    bits: int = 8,
+) -> list[tuple[Path, Path, Path]]:
+    """Match pairs by name and check every pair before anything is written.
+
+    Returns (visible, infrared, output) paths; a bad pair raises before any output exists.
+    """
+    plan = []
+    for name, paths in match_pairs(vis=vis_dir, ir=ir_dir):
+        vis, _ = read_pair(paths["vis"], paths["ir"], resize)
+        out = Path(out_dir) / f"{name}{suffix}"
+        check_output(out, vis.ndim == 3, bits)
+        plan.append((paths["vis"], paths["ir"], out))
+    return plan
+
+
+def fuse_directory(
+    model: CoCoNet,
+    plan: Iterable[tuple[Path, Path, Path]],
+    resize: bool = False,
+    bits: int = 8,
+    progress: Callable[[Iterable], Iterable] = iter,
+) -> list[Path]:
+    """Fuse every planned pair; ``progress`` wraps the iteration (e.g. a progress bar)."""
+    return [fuse_files(model, v, i, o, resize, bits) for v, i, o in progress(plan)]

@@ -1,0 +1,184 @@
+"""The evaluate stage: fuse every test pair with the trained model and the classical
+baselines, score them all, and report.
+
+Outputs: ``reports/evaluation/per_image.csv``, ``reports/evaluation/report.md`` (ranking),
+``reports/evaluation/gallery/<pair>.png``, ``reports/evaluation/fused/<pair>.png`` (the
+model's fused images, to rescore with ``coconet metrics``), ``reports/metrics.json`` (DVC
+metrics: the model's means at top level, each baseline's under ``baselines``). Everything is
+also logged to the training's MLflow run (``artifacts/train_run.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline.core.errors import InputError
+from pipeline.core.imageio import ImageError, atomic_path, read_image, to_grey, write_image
+from pipeline.core.params import Params
+from pipeline.core.paths import ProjectPaths
+from pipeline.core.stage import stage_main
+
+MODEL_NAME = "CoCoNet"
+
+
+def load_test_split(index_path: Path, max_pairs: int | None = None) -> pd.DataFrame:
+    """The test split of ``data/raw/index.csv`` (sorted by pair id, capped at ``max_pairs``)."""
+    if not index_path.is_file():
+        raise FileNotFoundError(
+            f"{index_path}: no dataset index; run the download stage first (dvc repro download)"
+        )
+    index = pd.read_csv(index_path, dtype=str, keep_default_na=False)
+    missing = {"pair_id", "pair", "split", "ir", "vis"} - set(index.columns)
+    if missing:
+        raise InputError(f"{index_path}: missing columns {', '.join(sorted(missing))}")
+    test = index[index["split"] == "test"]
+    test = test.iloc[sorted(range(len(test)), key=lambda i: _natural(test["pair_id"].iloc[i]))]
+    if test.empty:
+        raise InputError(f"{index_path}: no pair has split == test")
+    return test.head(max_pairs) if max_pairs else test
+
+
+def _natural(text: str) -> list:
+    """Sort key that orders embedded numbers numerically (tno40/8 before tno40/10)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def output_names(test: pd.DataFrame) -> list[str]:
+    """File stems for the outputs: the pair name, or the pair id flattened if names repeat."""
+    pairs = test["pair"].tolist()
+    if len(set(pairs)) == len(pairs):
+        return pairs
+    return [pid.replace("/", "__") for pid in test["pair_id"]]
+
+
+def _methods(model) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+    from pipeline.evaluation.baselines import BASELINES
+    from pipeline.inference import fuse_arrays
+
+    methods = {MODEL_NAME: lambda vis, ir: fuse_arrays(model, vis, ir)}
+    for name, fuse in BASELINES.items():
+        methods[name] = lambda vis, ir, fuse=fuse: fuse(to_grey(vis), to_grey(ir))
+    return methods
+
+
+def _staging(target: Path) -> Path:
+    """An empty folder beside ``target`` to build the outputs in."""
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _clean(value: float) -> float | None:
+    """NaN as JSON null (DVC and strict JSON readers reject NaN)."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:
+    """Run the stage; returns the means per method."""
+    from pipeline.evaluation.report import write_gallery, write_report
+    from pipeline.inference import load_fusion_model
+    from pipeline.metrics import METRIC_DIRECTION, METRIC_NAMES, compute_metrics, mean_metrics
+    from pipeline.tracking.experiment import read_run_info
+
+    ep = params.evaluate
+    run_info = read_run_info(paths.run_info)
+    test = load_test_split(paths.index, ep.max_pairs)
+    model = load_fusion_model(str(paths.model), device="auto")
+    methods = _methods(model)
+    names = output_names(test)
+
+    out = _staging(paths.evaluation)  # swapped in at the end: no stale or partial outputs
+    rows: list[dict[str, Any]] = []
+    seconds: dict[str, list[float]] = {m: [] for m in methods}
+    gallery: list[str] = []
+    pairs = list(zip(test.itertuples(index=False), names, strict=True))
+    for number, (pair, name) in enumerate(tqdm(pairs, desc="evaluate", unit="pair")):
+        ir = read_image(paths.root / pair.ir)
+        vis = read_image(paths.root / pair.vis)
+        if ir.shape[:2] != vis.shape[:2]:
+            raise ImageError(f"{pair.ir} and {pair.vis}: sizes differ")
+        fused_by_method = {}
+        for method, fuse in methods.items():
+            tic = time.perf_counter()
+            fused = fuse(vis, ir)
+            seconds[method].append(time.perf_counter() - tic)
+            fused_by_method[method] = fused
+            scores = compute_metrics(ir, vis, fused, convention=ep.convention)
+            rows.append({"pair_id": pair.pair_id, "method": method, **scores})
+        write_image(out / "fused" / f"{name}.png", fused_by_method[MODEL_NAME])
+        if number < ep.gallery_pairs:
+            panels = [("infrared", ir), ("visible", vis), *fused_by_method.items()]
+            write_gallery(out / "gallery" / f"{name}.png", pair.pair_id, panels)
+            gallery.append(f"gallery/{name}.png")
+
+    per_image = pd.DataFrame(rows, columns=["pair_id", "method", *METRIC_NAMES])
+    with atomic_path(out / "per_image.csv") as tmp:
+        per_image.to_csv(tmp, index=False, float_format="%.6g")
+    means = {
+        m: mean_metrics(r for r in rows if r["method"] == m)  # NaN only where undefined
+        for m in methods
+    }
+    mean_seconds = {m: float(np.mean(s)) for m, s in seconds.items()}
+    summary = {
+        **{k: _clean(v) for k, v in means[MODEL_NAME].items()},
+        "n_pairs": len(pairs),
+        "convention": ep.convention,
+        "baselines": {
+            m: {k: _clean(v) for k, v in means[m].items()} for m in methods if m != MODEL_NAME
+        },
+    }
+    context = {
+        "test pairs": f"{len(pairs)} (split == test in {paths.index.relative_to(paths.root)})",
+        "metric convention": ep.convention,
+        "model": f"{paths.model.relative_to(paths.root)} (MLflow run {run_info['run_id']})",
+        "VGG-19 weights": str(run_info.get("vgg_weights", "?")),
+    }
+    write_report(out / "report.md", means, METRIC_DIRECTION, context, gallery, mean_seconds)
+    shutil.rmtree(paths.evaluation, ignore_errors=True)
+    out.rename(paths.evaluation)
+    with atomic_path(paths.metrics) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    _log_to_mlflow(run_info, paths, means, test)
+    return means
+
+
+def _log_to_mlflow(
+    run_info: dict[str, Any], paths: ProjectPaths, means: dict, test: pd.DataFrame
+) -> None:
+    """Attach the evaluation to the training run: metrics, artifacts and the test split."""
+    import mlflow
+
+    from pipeline.tracking.experiment import attach_uri
+
+    mlflow.set_tracking_uri(attach_uri(run_info))
+    metrics = {}
+    for method, values in means.items():
+        prefix = "eval_" if method == MODEL_NAME else f"eval_{method}_"
+        metrics.update({prefix + k: v for k, v in values.items() if not math.isnan(v)})
+    with mlflow.start_run(run_id=run_info["run_id"]):
+        mlflow.log_metrics(metrics)
+        with warnings.catch_warnings():  # "" and "file" schemes both map to the local source
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(
+                test.reset_index(drop=True), source=str(paths.index), name="test split"
+            )
+        mlflow.log_input(dataset, context="evaluation")
+        mlflow.log_artifacts(str(paths.evaluation), "evaluation")
+        mlflow.log_artifact(str(paths.metrics), "evaluation")
+
+
+if __name__ == "__main__":
+    stage_main(run, __doc__.splitlines()[0])

@@ -1,0 +1,29 @@
+"""The train stage: CoCoNet's two-phase schedule on the patches, tracked in MLflow.
+
+Phase 1 trains with the adaptive fusion loss only; phase 2 continues from phase 1's weights
+and optimiser state with the coupled contrastive loss added. Every number comes from the
+``train`` and ``model`` sections of ``params.yaml``. A checkpoint after every epoch lets a
+stopped run resume to the same weights. ``torchrun --nproc_per_node=N -m pipeline.stages.train``
+trains data-parallel with no code change (rank 0 tracks and saves).
+
+Outputs: ``artifacts/model.pt``, ``artifacts/train_run.json``, ``artifacts/checkpoints/``,
+``reports/train_loss.csv`` and an MLflow run with params, losses, data inputs and the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.core.params import Params
+from pipeline.core.paths import ProjectPaths
+from pipeline.core.stage import stage_main
+from pipeline.training.trainer import train_model
+
+
+def run(params: Params, paths: ProjectPaths, cpu: bool = False) -> dict[str, Any] | None:
+    """Run (or resume) the two-phase training; returns the run record on rank 0."""
+    return train_model(params, paths, force_cpu=cpu)
+
+
+if __name__ == "__main__":
+    stage_main(run, __doc__.splitlines()[0], switches={"cpu": "train on CPU even with CUDA"})

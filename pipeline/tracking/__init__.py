@@ -1,0 +1,1 @@
+"""Tracking and provenance: the MLflow experiment, dvc.lock hashes, lineage audits."""

@@ -1,0 +1,279 @@
+"""Lineage audit: model version -> MLflow run -> DVC hashes -> datasets, pairs and masks.
+
+Everything shown comes from what the register stage recorded in MLflow (version and run tags,
+``lineage/*.csv`` artifacts of the run), so a model whose local inputs were deleted still shows
+its lineage. ``verify`` re-hashes the local files with DVC's own hashing (``dvc_data``'s
+``build``, through the repo's hash cache) and compares them with the recorded md5s.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.errors import CoconetError
+from pipeline.core.params import PROJECT_ROOT, ParamsError, load_params
+
+DEFAULT_TARGET = "models:/coconet@champion"
+
+
+class LineageError(CoconetError, ValueError):
+    """The model or run to audit does not exist or holds no lineage."""
+
+
+def _parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/name@alias`` -> (name, alias, None); ``models:/name/3`` -> (name, None, "3")."""
+    rest = uri.removeprefix("models:/").strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, alias, None
+    if "/" in rest:
+        name, version = rest.rsplit("/", 1)
+        return name, None, version
+    raise LineageError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+
+
+def _version_info(mv: Any) -> dict[str, Any]:
+    return {
+        "name": mv.name,
+        "version": str(mv.version),
+        "aliases": list(mv.aliases or []),
+        "source": mv.source,
+        "created": _iso(mv.creation_timestamp),
+        "description": mv.description or "",
+        "decision": mv.tags.get("promotion.decision", ""),
+        "reason": mv.tags.get("promotion.reason", ""),
+    }
+
+
+def _iso(ms: int | None) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds") if ms else ""
+
+
+def _read_artifact_csv(client: Any, run_id: str, name: str) -> list[dict[str, str]] | None:
+    import os
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, f"lineage/{name}", tmp)
+        except (MlflowException, OSError):
+            return None
+        return list(csv.DictReader(io.StringIO(Path(path).read_text())))
+
+
+def _datasets(raw: list[dict[str, str]], masks: list[dict[str, str]] | None) -> list[dict]:
+    methods = {r["pair_id"]: r.get("method", "") for r in masks or []}
+    out: dict[str, dict[str, Any]] = {}
+    for row in raw:
+        entry = out.setdefault(row["dataset"], {"name": row["dataset"], "splits": {}, "pairs": []})
+        entry["splits"][row["split"]] = entry["splits"].get(row["split"], 0) + 1
+        pair = {k: row.get(k, "") for k in ("pair_id", "split", "width", "height")}
+        for role in ("ir", "vis", "mask"):
+            pair[f"{role}_url"] = row.get(f"{role}_url", "")
+            pair[f"{role}_sha256"] = row.get(f"{role}_sha256", "")
+        pair["mask_method"] = methods.get(row["pair_id"], "")
+        entry["pairs"].append(pair)
+    return list(out.values())
+
+
+def dvc_hashes(tags: dict[str, str]) -> dict[str, dict[str, str]]:
+    """``{stage: {path: md5}}`` from ``dvc.<stage>.<path>`` tags."""
+    out: dict[str, dict[str, str]] = {}
+    for key, value in sorted(tags.items()):
+        if key.startswith("dvc."):
+            stage, _, path = key.removeprefix("dvc.").partition(".")
+            out.setdefault(stage, {})[path] = value
+    return out
+
+
+def evaluation_means(tags: dict[str, str]) -> dict[str, float]:
+    """The CoCoNet evaluation means recorded as ``eval.<metric>`` tags, in metric order."""
+    from pipeline.metrics import METRIC_DIRECTION
+
+    return {m: float(tags[f"eval.{m}"]) for m in METRIC_DIRECTION if f"eval.{m}" in tags}
+
+
+def collect(target: str = DEFAULT_TARGET, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The recorded lineage of a model URI or a run id, as a JSON-able dict."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri)
+    version = None
+    try:
+        if target.startswith("models:/"):
+            name, alias, number = _parse_model_uri(target)
+            mv = (
+                client.get_model_version_by_alias(name, alias)
+                if alias
+                else client.get_model_version(name, number)
+            )
+            version = _version_info(mv)
+            run_id, tags = mv.run_id, dict(mv.tags)
+            run = client.get_run(run_id)
+        else:
+            run = client.get_run(target)
+            run_id, tags = target, dict(run.data.tags)
+            found = client.search_model_versions(f"run_id = '{run_id}'")
+            if found:
+                mv = max(found, key=lambda v: int(v.version))
+                version, tags = _version_info(mv), {**tags, **mv.tags}
+    except MlflowException as exc:
+        raise LineageError(f"{target}: {exc.message}") from exc
+    raw = _read_artifact_csv(client, run_id, "raw_index.csv")
+    masks = _read_artifact_csv(client, run_id, "masks_index.csv")
+    return {
+        "target": target,
+        "model": version,
+        "run": {
+            "run_id": run_id,
+            "experiment_id": run.info.experiment_id,
+            "status": run.info.status,
+            "start_time": _iso(run.info.start_time),
+            "end_time": _iso(run.info.end_time),
+            "git_commit": tags.get("git.commit") or run.data.tags.get("git_commit", ""),
+            "git_dirty": tags.get("git.dirty") or run.data.tags.get("git_dirty", ""),
+            "params": dict(sorted(run.data.params.items())),
+            "metrics": dict(sorted(run.data.metrics.items())),
+        },
+        "params_digest": tags.get("params.digest", ""),
+        "vgg_weights": tags.get("model.vgg_weights", ""),
+        "test_fingerprint": tags.get("eval.test_fingerprint", ""),
+        "evaluation": evaluation_means(tags),
+        "dvc": dvc_hashes(tags),
+        "datasets": _datasets(raw, masks) if raw is not None else None,
+    }
+
+
+def local_md5(root: Path, paths: list[str]) -> dict[str, str | None]:
+    """DVC md5 (``.dir`` for directories) of each path under ``root``; None if missing."""
+    from dvc.repo import Repo
+    from dvc_data.hashfile.build import build
+
+    out: dict[str, str | None] = {}
+    with Repo(str(root)) as repo:
+        for path in paths:
+            full = repo.fs.abspath(str(root / path))
+            if not repo.fs.exists(full):
+                out[path] = None
+                continue
+            _, _, obj = build(
+                repo.cache.local, full, repo.fs, "md5", ignore=repo.dvcignore, dry_run=True
+            )
+            out[path] = obj.hash_info.value
+    return out
+
+
+def verify(lineage: dict[str, Any], root: Path = PROJECT_ROOT) -> list[dict[str, Any]]:
+    """Compare recorded hashes with the local files (and the params digest with
+    ``params.yaml``): one check per item, ``ok`` False on drift."""
+    recorded = {p: md5 for outs in lineage["dvc"].values() for p, md5 in outs.items()}
+    checks = []
+    for path, current in local_md5(root, sorted(recorded)).items():
+        state = "ok" if current == recorded[path] else "missing" if current is None else "changed"
+        checks.append(
+            {"item": path, "recorded": recorded[path], "local": current, "ok": state == "ok"}
+        )
+    if lineage.get("params_digest"):
+        try:
+            digest = load_params(root / "params.yaml").digest()
+        except ParamsError:
+            digest = None
+        checks.append(
+            {
+                "item": "params.yaml",
+                "recorded": lineage["params_digest"],
+                "local": digest,
+                "ok": digest == lineage["params_digest"],
+            }
+        )
+    return checks
+
+
+def render(lineage: dict[str, Any], checks: list[dict[str, Any]] | None = None) -> str:
+    """Human-readable chain, one section per link."""
+    lines: list[str] = []
+    model = lineage["model"]
+    if model:
+        aliases = ", ".join(model["aliases"]) or "none"
+        lines += [
+            f"model    {model['name']} v{model['version']} (aliases: {aliases}), "
+            f"registered {model['created']}",
+            f"         decision: {model['decision'] or '?'}: {model['reason']}",
+            f"         source: {model['source']}",
+        ]
+    else:
+        lines.append("model    (no registered version for this run)")
+    run = lineage["run"]
+    lines += [
+        f"run      {run['run_id']} (experiment {run['experiment_id']}, {run['status']}), "
+        f"started {run['start_time']}",
+        f"         git commit {run['git_commit'] or '?'}"
+        + (" (uncommitted changes)" if run["git_dirty"] == "true" else ""),
+        f"         params digest {lineage['params_digest'] or '?'}, "
+        f"VGG weights {lineage['vgg_weights'] or '?'}",
+    ]
+    if lineage["evaluation"]:
+        means = ", ".join(f"{k}={v:.4g}" for k, v in lineage["evaluation"].items())
+        lines.append(f"         evaluation (CoCoNet means) {means}")
+    shown = {
+        k: v for k, v in run["metrics"].items() if not k.startswith(("eval_", "step_", "system/"))
+    }
+    if shown:
+        lines.append("         metrics " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+    params = ", ".join(f"{k}={v}" for k, v in run["params"].items())
+    lines += textwrap.wrap(
+        params, 100, initial_indent="         params ", subsequent_indent=" " * 16
+    )
+    lines.append("dvc.lock")
+    for stage, outs in lineage["dvc"].items():
+        for path, md5 in outs.items():
+            lines.append(f"         {stage:<9} {path:<24} {md5}")
+    if lineage["datasets"] is None:
+        lines.append("datasets (no data index recorded with this run)")
+    for ds in lineage["datasets"] or []:
+        splits = ", ".join(f"{n} {s}" for s, n in sorted(ds["splits"].items()))
+        lines.append(f"dataset  {ds['name']}: {splits}")
+        for p in ds["pairs"]:
+            mask = p["mask_method"] or "-"
+            lines.append(f"         {p['pair_id']} [{p['split']}] mask={mask}")
+            for role in ("ir", "vis", "mask"):
+                if p[f"{role}_url"]:
+                    lines.append(f"           {role:<4} {p[f'{role}_url']} {p[f'{role}_sha256']}")
+    if checks is not None:
+        lines.append("verify")
+        for c in checks:
+            state = "ok" if c["ok"] else "DRIFT"
+            local = c["local"] or "missing"
+            lines.append(
+                f"         {state:<5} {c['item']:<24} recorded {c['recorded']} local {local}"
+            )
+    return "\n".join(lines)
+
+
+def audit(
+    target: str = DEFAULT_TARGET,
+    as_json: bool = False,
+    check: bool = False,
+    root: Path = PROJECT_ROOT,
+) -> tuple[str, bool]:
+    """(report text, drift found) for the CLI."""
+    from pipeline.tracking import experiment as tracking
+
+    params = load_params(root / "params.yaml")
+    uri = tracking.resolve_tracking_uri(params.tracking.uri, root)
+    lineage = collect(target, uri)
+    checks = verify(lineage, root) if check else None
+    drift = bool(checks) and not all(c["ok"] for c in checks)
+    if as_json:
+        return json.dumps({**lineage, "verify": checks}, indent=2), drift
+    return render(lineage, checks), drift

@@ -1,0 +1,1 @@
+"""The training loop, its checkpoints, data-parallel setup and run tracking."""
