@@ -73,15 +73,15 @@ def main() -> None:
 
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.repro import pipeline
+    from flows.repro import run_pipeline
 
     with prefect_test_harness(server_startup_timeout=180):
-        first = _timed(lambda: pipeline(str(root)), 1)
+        first = _timed(lambda: run_pipeline(str(root)), 1)
         print(_line("pipeline flow, first call (warm-up)", first))
         runs = []
         for _ in range(args.repeat):
             start = time.perf_counter()
-            result = pipeline(str(root))
+            result = run_pipeline(str(root))
             runs.append(time.perf_counter() - start)
             assert result["ran"] == [], result["ran"]
         print(_line("pipeline flow, all stages up to date", runs))

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.scaling import to_signed, to_unit  # noqa: E402
+
 VARIANTS = ("naive", "fast", "fuse_arrays")
 
 
@@ -59,7 +61,7 @@ def _measure(variant: str, device_name: str, width: int, height: int, runs: int,
     torch.manual_seed(0)
     model = CoCoNet(vgg_weights="random").to(device).eval()
     vis_np, ir_np = _inputs(width, height)
-    vis, ir = (torch.from_numpy(a)[None, None].to(device) * 2 - 1 for a in (vis_np, ir_np))
+    vis, ir = (to_signed(torch.from_numpy(a)[None, None].to(device)) for a in (vis_np, ir_np))
     if variant == "naive":
         for param in model.parameters():  # as a plain training-ready model: autograd records
             param.requires_grad_(True)
@@ -105,7 +107,7 @@ def _measure(variant: str, device_name: str, width: int, height: int, runs: int,
     else:
         peak = (_rss_high_water_kib() - base) * 1024
     if isinstance(out, torch.Tensor):
-        out = ((out.float() + 1) / 2).clamp(0, 1)[0, 0].cpu().numpy()
+        out = to_unit(out.float()).clamp(0, 1)[0, 0].cpu().numpy()
     return statistics.median(times), peak, out
 
 

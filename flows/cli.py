@@ -43,11 +43,11 @@ def run(
 
     telemetry_off()
     from flows.dvc_cli import DvcError
-    from flows.repro import pipeline
+    from flows.repro import run_pipeline
     from pipeline.core.params import PROJECT_ROOT
 
     try:
-        result = pipeline(str((root or PROJECT_ROOT).resolve()), overrides or [], retries)
+        result = run_pipeline(str((root or PROJECT_ROOT).resolve()), overrides or [], retries)
     except DvcError as exc:
         _flow_failed(exc)
     typer.echo(result["report"])

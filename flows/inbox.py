@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pooch
 
+from pipeline.core.paths import ProjectPaths
+
 DATASET = "inbox"
 STORE = Path("incoming")
 INBOX_ENV = "COCONET_INBOX"
@@ -69,7 +71,7 @@ class Snapshot:
 
 def default_inbox(root: Path) -> Path:
     """``$COCONET_INBOX`` or ``<root>/inbox``."""
-    return Path(os.environ.get(INBOX_ENV) or root / "inbox")
+    return Path(os.environ.get(INBOX_ENV) or ProjectPaths(root).inbox)
 
 
 def verify_pair(folder: Path) -> InboxPair:
@@ -169,7 +171,7 @@ def ingest(pairs: list[InboxPair], root: Path) -> Snapshot:
 
     snapshot = Snapshot()
     entry, tsv = catalogue_paths(root)
-    for path in (entry, tsv, root / "params.yaml", root / f"{STORE}.dvc"):
+    for path in (entry, tsv, ProjectPaths(root).params, root / f"{STORE}.dvc"):
         _remember(snapshot, path)
     try:
         rows = read_catalogue(root)
@@ -198,7 +200,7 @@ def ingest(pairs: list[InboxPair], root: Path) -> Snapshot:
             )
             writer.writeheader()
             writer.writerows(rows)
-        with modify_yaml(root / "params.yaml") as params:
+        with modify_yaml(ProjectPaths(root).params) as params:
             datasets = params.setdefault("download", {}).setdefault("datasets", [])
             if DATASET not in datasets:
                 datasets.append(DATASET)

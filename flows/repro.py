@@ -13,77 +13,31 @@ decision.
 from __future__ import annotations
 
 import json
-import logging
-import math
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
-from prefect.cache_policies import NONE
+from prefect import flow
 
-from flows.dvc_cli import SKIPPED_MARK, pending_stages, run_dvc, stage_names
+from flows.dvc_cli import stage_names
 from flows.overrides import apply_overrides
+from flows.tasks import dvc_status, repro_stage, run_logger
 from pipeline.core.params import PROJECT_ROOT
+from pipeline.core.paths import ProjectPaths
 
 ARTIFACT_KEY = "coconet-pipeline"
 RETRIED_STAGES = ("download",)
 
 
-def run_logger() -> logging.Logger | logging.LoggerAdapter:
-    """Prefect's run logger inside a flow or task run, a plain logger outside (task.fn calls)."""
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("coconet.flows")
-
-
-@task(name="dvc-repro", task_run_name="dvc repro {stage}", cache_policy=NONE)
-def repro_stage(stage: str, project_dir: str, known_up_to_date: bool = False) -> dict[str, Any]:
-    """``dvc repro --single-item <stage>``; its output goes to the run log line by line.
-
-    ``known_up_to_date``: ``dvc status`` found nothing to do for this stage and no stage before
-    it ran, so ``dvc repro`` would skip it; the task records that without starting DVC again.
-    """
-    logger = run_logger()
-    if known_up_to_date:
-        logger.info("stage %s up to date (dvc status)", stage)
-        return {"stage": stage, "ran": False, "seconds": 0.0}
-    result = run_dvc(["repro", "--single-item", stage], Path(project_dir), log=logger.info)
-    ran = not any(SKIPPED_MARK in line for line in result.lines)
-    logger.info("stage %s %s in %.1f s", stage, "ran" if ran else "up to date", result.seconds)
-    return {"stage": stage, "ran": ran, "seconds": round(result.seconds, 2)}
-
-
-@task(name="dvc-status", cache_policy=NONE)
-def dvc_status(project_dir: str) -> dict[str, Any]:
-    """``dvc status``: the stages whose deps, params, command or outs changed."""
-    changed = pending_stages(Path(project_dir))
-    run_logger().info("dvc status: %s", ", ".join(changed) or "everything up to date")
-    return changed
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.4g}"
-    return "n/a" if value is None else str(value)
-
-
 def metric_table(metrics: dict[str, Any]) -> str:
-    """Markdown table: CoCoNet's means and each baseline's, one column per metric."""
+    """The evaluation's ranking table for ``reports/metrics.json``: CoCoNet and each baseline."""
+    from pipeline.evaluation.report import ranking_table
     from pipeline.metrics import METRIC_DIRECTION
 
     rows = {"CoCoNet": metrics, **metrics.get("baselines", {})}
-    names = [m for m in METRIC_DIRECTION if any(m in r for r in rows.values())]
-    arrows = {"higher": "↑", "lower": "↓"}
-    head = "| method | " + " | ".join(f"{m} {arrows[METRIC_DIRECTION[m]]}" for m in names) + " |"
-    lines = [head, "|" + "---|" * (len(names) + 1)]
-    for method, values in rows.items():
-        cells = " | ".join(_fmt(values.get(m)) for m in names)
-        lines.append(f"| {method} | {cells} |")
-    return "\n".join(lines)
+    direction = {
+        m: how for m, how in METRIC_DIRECTION.items() if any(m in r for r in rows.values())
+    }
+    return ranking_table(rows, direction).rstrip("\n")
 
 
 def report_markdown(root: Path, stages: list[dict[str, Any]], applied: dict[str, Any]) -> str:
@@ -93,12 +47,12 @@ def report_markdown(root: Path, stages: list[dict[str, Any]], applied: dict[str,
         out.append(f"| {s['stage']} | {'ran' if s['ran'] else 'up to date'} | {s['seconds']} |")
     if applied:
         out += ["", "Parameter overrides: " + ", ".join(f"`{k}={v}`" for k, v in applied.items())]
-    metrics_path = root / "reports" / "metrics.json"
+    metrics_path = ProjectPaths(root).metrics
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
         extra = f" on {metrics['n_pairs']} test pairs" if "n_pairs" in metrics else ""
         out += ["", f"## Metrics (means{extra})", "", metric_table(metrics)]
-    registered_path = root / "artifacts" / "registered.json"
+    registered_path = ProjectPaths(root).registered
     if registered_path.is_file():
         reg = json.loads(registered_path.read_text())
         ran = any(s["stage"] == "register" and s["ran"] for s in stages)
@@ -113,7 +67,7 @@ def report_markdown(root: Path, stages: list[dict[str, Any]], applied: dict[str,
 
 
 @flow(name="coconet-pipeline")
-def pipeline(
+def run_pipeline(
     project_dir: str | None = None,
     overrides: list[str] | None = None,
     download_retries: int = 2,
@@ -124,7 +78,7 @@ def pipeline(
 
     root = Path(project_dir or PROJECT_ROOT).resolve()
     logger = run_logger()
-    applied = apply_overrides(root / "params.yaml", overrides or [])
+    applied = apply_overrides(ProjectPaths(root).params, overrides or [])
     if applied:
         logger.info("params.yaml overrides: %s", applied)
     changed = dvc_status(str(root))
@@ -139,7 +93,7 @@ def pipeline(
         results.append(runner(stage, str(root), not upstream_ran and stage not in changed))
     markdown = report_markdown(root, results, applied)
     create_markdown_artifact(markdown=markdown, key=ARTIFACT_KEY, description="CoCoNet pipeline")
-    registered = root / "artifacts" / "registered.json"
+    registered = ProjectPaths(root).registered
     return {
         "stages": results,
         "ran": [r["stage"] for r in results if r["ran"]],

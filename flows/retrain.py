@@ -20,16 +20,17 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from flows import inbox as inbox_mod
-from flows.dvc_cli import pending_stages
-from flows.repro import pipeline, run_logger
+from flows.repro import run_pipeline
+from flows.tasks import dvc_status, run_logger
 from pipeline.core.params import PROJECT_ROOT
+from pipeline.core.paths import ProjectPaths
 
 LOCK_NAME = "coconet-retrain.lock"
 
 
 def lock_path(root: Path) -> Path:
     """The retrain lock file: inside ``.dvc/tmp`` (ignored by git and DVC)."""
-    return root / ".dvc" / "tmp" / LOCK_NAME
+    return ProjectPaths(root).dvc_tmp / LOCK_NAME
 
 
 @task(name="scan-inbox", cache_policy=NONE)
@@ -49,12 +50,6 @@ def scan(inbox: str, project_dir: str) -> dict[str, Any]:
         len(rejected),
     )
     return {"new": new, "duplicate": duplicate, "rejected": rejected}
-
-
-@task(name="dvc-status", cache_policy=NONE)
-def pending(project_dir: str) -> dict[str, Any]:
-    """Stages DVC would re-run (changed catalogue, params, code or data)."""
-    return pending_stages(Path(project_dir))
 
 
 @task(name="ingest", cache_policy=NONE)
@@ -86,7 +81,7 @@ def retrain(
     try:
         found = scan(str(inbox_dir), str(root))
         new, duplicate = found["new"], found["duplicate"]
-        changes = {} if new else pending(str(root))
+        changes = {} if new else dvc_status(str(root))
         if not new and not changes:
             logger.info("nothing new: no new inbox pairs and every DVC stage is up to date")
             if duplicate:
@@ -96,7 +91,7 @@ def retrain(
             logger.info("pending DVC changes: %s", ", ".join(changes))
         snapshot = ingest(new, str(root)) if new else None
         try:
-            result = pipeline(project_dir=str(root), download_retries=download_retries)
+            result = run_pipeline(project_dir=str(root), download_retries=download_retries)
         except BaseException:
             if snapshot is not None:
                 inbox_mod.rollback(snapshot)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from models.coconet import CoCoNet
+from models.scaling import to_signed, to_unit
 from pipeline.core.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from pipeline.core.errors import CoconetError
 from pipeline.core.imageio import (
@@ -125,15 +126,13 @@ def _fuse_grey(model: CoCoNet, vis: np.ndarray, ir: np.ndarray) -> np.ndarray:
     try:
         with torch.inference_mode():
             tensors = [
-                torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+                to_signed(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None])
                 .to(device)
-                .mul(2)
-                .sub(1)
                 .contiguous(memory_format=torch.channels_last)
                 for a in (vis, ir)
             ]
             fused = model(*tensors)
-            return fused.add(1).div(2).clamp(0, 1)[0, 0].float().cpu().numpy()
+            return to_unit(fused).clamp(0, 1)[0, 0].float().cpu().numpy()
     finally:
         model.train(was_training)
 

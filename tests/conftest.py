@@ -1,7 +1,5 @@
-"""Shared fixtures: the public data mirror, a random-VGG CoCoNet and a checkpoint made from it.
-
-Other test modules may append their fixtures here.
-"""
+"""Shared fixtures: the public data mirror, a random-VGG CoCoNet and a checkpoint made from it,
+one MLflow store per module and the tiny (CPU, few steps) params the training tests run with."""
 
 from __future__ import annotations
 
@@ -11,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.core.params import PROJECT_ROOT
+from pipeline.core.params import PROJECT_ROOT, Params
 
 TNO_COMMIT = "5f287300dce7cbc90b9e08e6872455af6baa279f"
 TNO_DIR = (
@@ -55,3 +53,40 @@ def model_checkpoint(random_model, tmp_path_factory) -> Path:
         {"state_dict": random_model.state_dict(), "vgg_weights": "random", "params": {}}, path
     )
     return path
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory) -> str:
+    """A SQLite MLflow tracking URI, one per test module (creating its tables takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tracking_env(mlflow_store: str, monkeypatch) -> str:
+    """``mlflow_store`` set as ``MLFLOW_TRACKING_URI`` for this test (what the stages read)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    return mlflow_store
+
+
+def make_tiny_params(**train_overrides) -> Params:
+    """Params for tests: random VGG, batch 4, one epoch per phase of at most 2 steps."""
+    return Params.model_validate(
+        {
+            "model": {"vgg_weights": "random"},
+            "tracking": {"experiment": "test-train"},
+            "train": {
+                "batch_size": 4,
+                "phase1_epochs": 1,
+                "phase2_epochs": 1,
+                "max_steps_per_epoch": 2,
+                "log_every": 1,
+                **train_overrides,
+            },
+        }
+    )
+
+
+@pytest.fixture
+def tiny_params():
+    """:func:`make_tiny_params`, as a fixture: call it with train overrides."""
+    return make_tiny_params

@@ -17,7 +17,8 @@ from filelock import FileLock
 from flows import inbox as inbox_mod
 from flows.dvc_cli import pending_stages, stage_names
 from flows.overrides import apply_overrides
-from flows.repro import metric_table, repro_stage
+from flows.repro import metric_table
+from flows.tasks import repro_stage
 from pipeline.core.imageio import write_image
 from pipeline.core.params import PROJECT_ROOT, ParamsError, load_params
 
@@ -171,7 +172,7 @@ def test_ingest_tracks_pairs_with_dvc_and_rollback_restores(tiny):
 def test_metric_table_marks_directions():
     table = metric_table({"VIF": 0.5, "Nabf": 0.1, "baselines": {"avg": {"VIF": 0.25}}})
     assert "VIF ↑" in table and "Nabf ↓" in table
-    assert "| CoCoNet | 0.5 | 0.1 |" in table and "| avg | 0.25 | n/a |" in table
+    assert "| CoCoNet | **0.5000** | **0.1000** |" in table and "| avg | 0.2500 | – |" in table
 
 
 @pytest.fixture(scope="module")
@@ -188,13 +189,13 @@ def test_flows_end_to_end(tiny, prefect_server, monkeypatch):
     a failing retrain that leaves the inbox intact, and a retrain refused by the lock."""
     from prefect.client.orchestration import get_client
 
-    from flows.repro import pipeline
+    from flows.repro import run_pipeline
     from flows.retrain import lock_path, retrain
 
-    first = pipeline(str(tiny))
+    first = run_pipeline(str(tiny))
     assert first["ran"] == ["download", "evaluate", "register"]
     assert "| CoCoNet | 0.5 |" in first["report"] and "version **0**" in first["report"]
-    second = pipeline(str(tiny))
+    second = run_pipeline(str(tiny))
     assert second["ran"] == [] and "register was up to date" in second["report"]
 
     async def artifact():

@@ -69,7 +69,7 @@ def test_chain_from_alias_and_from_run_id(project):
 
 def test_verify_reports_drift_and_survives_deleted_inputs(project):
     root, _ = project
-    text, drift = lineage.audit(check=True, root=root)
+    text, drift = lineage.audit(check=True, root=root, pairs=True)
     assert not drift, text
     assert "ok    data/raw" in text and "tno40/p0 [test]" in text
 
@@ -83,3 +83,37 @@ def test_verify_reports_drift_and_survives_deleted_inputs(project):
     assert {d["name"] for d in recorded["datasets"]} == {"tno40", "tno_masked"}
     checks = {c["item"]: c for c in lineage.verify(recorded, root)}
     assert checks["data/raw"]["local"] is None and not checks["data/raw"]["ok"]
+
+
+def test_summary_fits_one_screen_and_pairs_add_the_detail(project):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    root, _ = project
+    recorded = lineage.collect()
+    text, drift = lineage.audit(root=root)
+    lines = text.splitlines()
+    assert not drift and len(lines) <= 40, text
+    assert f"commit {recorded['run']['git_commit']}" in text
+    assert recorded["params_digest"] and recorded["params_digest"] in text
+    assert "tno40: 3 test; masks: none" in text
+    assert "tno_masked: 2 train; masks: ir_saliency 2" in text
+    assert recorded["dvc"]["download"]["data/raw"][:8] in text
+    assert "--pairs" in lines[-1]
+    sha = recorded["datasets"][0]["pairs"][0]["ir_sha256"]
+    assert sha not in text and "https://example.org/" not in text
+
+    runner = CliRunner()
+    detailed = runner.invoke(app, ["lineage", "--pairs", "--root", str(root)])
+    assert detailed.exit_code == 0, detailed.output
+    assert sha in detailed.output and "tno40/p0 [test]" in detailed.output
+    assert detailed.output.startswith(text.split("\n(--pairs")[0])
+    verified = runner.invoke(app, ["lineage", "--verify", "--root", str(root)])
+    assert verified.exit_code == 0 and "ok    data/raw" in verified.output, verified.output
+    assert sha not in verified.output
+    as_json = runner.invoke(app, ["lineage", "--json", "--root", str(root)])
+    assert as_json.exit_code == 0, as_json.output
+    body = json.loads(as_json.output)
+    assert body["datasets"] == recorded["datasets"] and body["verify"] is None
+    assert {p["ir_sha256"] for d in body["datasets"] for p in d["pairs"]} >= {sha}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.core.params import PARAMS_FILE, PROJECT_ROOT, ParamsError, load_params
+from pipeline.core.params import PARAMS_FILE, PROJECT_ROOT, Params, ParamsError, load_params
 
 
 def committed_params_file(tmp_path) -> Path:
@@ -59,3 +59,9 @@ def test_digest_changes_with_any_value():
     changed = params.model_copy(deep=True)
     changed.train.seed += 1
     assert params.digest() != changed.digest()
+
+
+def test_schema_defaults_equal_the_committed_params(tmp_path):
+    """pipeline/core/params.py and params.yaml state the same defaults (no silent second copy)."""
+    committed = load_params(committed_params_file(tmp_path))
+    assert Params().model_dump(by_alias=True) == committed.model_dump(by_alias=True)

@@ -84,24 +84,17 @@ def test_fingerprint_follows_test_pairs_and_protocol(tmp_path):
     assert reg.dataset_counts(rows) == {"tno40": {"test": 3}, "tno_masked": {"train": 2}}
 
 
-@pytest.fixture()
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
-
-
-def test_register_promotes_by_rule_and_records_lineage(tmp_path, store):
+def test_register_promotes_by_rule_and_records_lineage(tmp_path, tracking_env):
     import mlflow
     from mlflow import MlflowClient
 
     root = make_project(tmp_path / "proj", GOOD)
-    log_training_run(root, store)
+    log_training_run(root, tracking_env)
     first = reg.run(PARAMS, ProjectPaths(root))
     assert first["version"] == "1" and first["alias"] == "champion"
     assert json.loads((root / "artifacts/registered.json").read_text()) == first
 
-    client = MlflowClient(store)
+    client = MlflowClient(tracking_env)
     v1 = client.get_model_version("coconet", "1")
     assert v1.tags["promotion.decision"] == "champion"
     assert v1.tags["dvc.download.data/raw"] == "a" * 32 + ".dir"
@@ -117,7 +110,7 @@ def test_register_promotes_by_rule_and_records_lineage(tmp_path, store):
 
     # a worse model: challenger, champion untouched
     (root / "reports/metrics.json").write_text(json.dumps({**GOOD, "VIF": 0.1, "Qabf": 0.1}))
-    log_training_run(root, store)
+    log_training_run(root, tracking_env)
     second = reg.run(PARAMS, ProjectPaths(root))
     assert second["alias"] == "challenger" and second["compared_to"] == "1"
     assert client.get_model_version_by_alias("coconet", "champion").version == 1
@@ -125,7 +118,7 @@ def test_register_promotes_by_rule_and_records_lineage(tmp_path, store):
 
     # a better one takes the champion alias; the model loads through the alias
     (root / "reports/metrics.json").write_text(json.dumps({**GOOD, "VIF": 0.9, "Nabf": 0.01}))
-    log_training_run(root, store)
+    log_training_run(root, tracking_env)
     third = reg.run(PARAMS, ProjectPaths(root))
     assert third["alias"] == "champion"
     assert client.get_model_version_by_alias("coconet", "champion").version == 3

@@ -11,13 +11,6 @@ from pipeline.core.params import PROJECT_ROOT, Params
 from pipeline.tracking import experiment as tracking
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One SQLite store for the module (creating its tables takes seconds)."""
-    root = tmp_path_factory.mktemp("mlflow")
-    return f"sqlite:///{root / 'mlflow.db'}"
-
-
 def test_relative_sqlite_uri_is_anchored_at_root(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = tracking.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path)
@@ -33,10 +26,10 @@ def test_environment_uri_wins(tmp_path, monkeypatch):
     )
 
 
-def test_experiment_created_once_with_artifact_location(tmp_path, store, monkeypatch):
+def test_experiment_created_once_with_artifact_location(tmp_path, mlflow_store, monkeypatch):
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
     params = Params.model_validate(
         {"tracking": {"experiment": "exp-create", "artifact_root": "arts"}}
     )
@@ -65,10 +58,10 @@ def test_flatten_params_covers_every_section():
     assert json.loads(flat["download.datasets"]) == ["tno40", "tno_masked", "roadscene"]
 
 
-def test_data_inputs_carry_dvc_lock_hashes(tmp_path, store, monkeypatch):
+def test_data_inputs_carry_dvc_lock_hashes(tmp_path, mlflow_store, monkeypatch):
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
     lock = {
         "schema": "2.0",
         "stages": {

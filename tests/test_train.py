@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline.core.params import PROJECT_ROOT, Params
+from pipeline.core.params import PROJECT_ROOT
 from pipeline.core.paths import ProjectPaths
 from pipeline.stages import train
 from pipeline.training import checkpoint, trainer
@@ -45,32 +45,8 @@ def write_patches(path, n: int = N_PATCHES, size: int = PATCH, seed: int = 0) ->
         h5.attrs["size"] = size
 
 
-def tiny_params(**train_overrides) -> Params:
-    return Params.model_validate(
-        {
-            "model": {"vgg_weights": "random"},
-            "tracking": {"experiment": "test-train"},
-            "train": {
-                "batch_size": 4,
-                "phase1_epochs": 1,
-                "phase2_epochs": 1,
-                "max_steps_per_epoch": 2,
-                "log_every": 1,
-                **train_overrides,
-            },
-        }
-    )
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One MLflow SQLite store for the module (creating its tables takes seconds)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
 @pytest.fixture
-def project(tmp_path, store, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+def project(tmp_path, tracking_env):
     write_patches(tmp_path / "data" / "patches.h5")
     return ProjectPaths(tmp_path)
 
@@ -79,7 +55,7 @@ def model_state(paths: ProjectPaths) -> dict[str, torch.Tensor]:
     return torch.load(paths.model, weights_only=True)["state_dict"]
 
 
-def test_two_phase_training_writes_every_output(project):
+def test_two_phase_training_writes_every_output(project, tiny_params):
     import mlflow
 
     record = train.run(tiny_params(), project, cpu=True)
@@ -114,7 +90,9 @@ def test_two_phase_training_writes_every_output(project):
         assert torch.equal(value, saved["state_dict"][key]), key
 
 
-def test_resume_after_crash_matches_uninterrupted_run(project, tmp_path_factory, monkeypatch):
+def test_resume_after_crash_matches_uninterrupted_run(
+    project, tiny_params, tmp_path_factory, monkeypatch
+):
     params = tiny_params()
     train.run(params, project, cpu=True)
     straight = model_state(project)
@@ -157,7 +135,7 @@ def test_resume_after_crash_matches_uninterrupted_run(project, tmp_path_factory,
             assert torch.equal(value[name], ref["optimizer"]["state"][key][name])
 
 
-def test_checkpoint_of_other_params_or_data_is_not_resumed(project, capsys):
+def test_checkpoint_of_other_params_or_data_is_not_resumed(project, tiny_params, capsys):
     params = tiny_params(phase2_epochs=0)
     train.run(params, project, cpu=True)
     expected = checkpoint.fingerprint(params, project.patches)
@@ -191,7 +169,7 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     assert expected[2] == again[2]
 
 
-def test_missing_patches_file_is_a_clear_error(tmp_path):
+def test_missing_patches_file_is_a_clear_error(tmp_path, tiny_params):
     with pytest.raises(FileNotFoundError, match="no patches file; run the patches stage"):
         train.run(tiny_params(), ProjectPaths(tmp_path), cpu=True)
     params_file = tmp_path / "params.yaml"
@@ -215,12 +193,12 @@ def test_missing_patches_file_is_a_clear_error(tmp_path):
     assert not (tmp_path / "artifacts" / "model.pt").exists()
 
 
-def test_two_process_ddp_on_cpu(project, store):
+def test_two_process_ddp_on_cpu(project, mlflow_store, tiny_params):
     """torchrun with two gloo processes: one run, rank 0's outputs, both ranks' RNG saved."""
     params_file = project.root / "params.yaml"
     params = tiny_params(phase1_epochs=1, phase2_epochs=1)
     params_file.write_text(yaml.safe_dump(params.model_dump(mode="json", by_alias=True)))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
         "-m",
@@ -248,14 +226,14 @@ def test_two_process_ddp_on_cpu(project, store):
 
     import mlflow
 
-    mlflow.set_tracking_uri(store)
+    mlflow.set_tracking_uri(mlflow_store)
     tags = mlflow.get_run(record["run_id"]).data.tags
     assert tags["world_size"] == "2"
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_training_on_cuda_with_mixed_precision(project):
+def test_training_on_cuda_with_mixed_precision(project, tiny_params):
     record = train.run(tiny_params(), project)
     assert record is not None
     losses = pd.read_csv(project.loss_csv)

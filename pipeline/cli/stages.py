@@ -12,7 +12,7 @@ from pipeline.core.params import PARAMS_FILE
 
 
 def _run_stage(stage: str, params_file: Path, root: Path | None, **kwargs: Any) -> Any:
-    """Import ``pipeline.stages.<stage>`` and call its ``run(params, paths)``; errors -> one line."""
+    """Call ``pipeline.stages.<stage>.run(params, paths)``; an expected error -> one line."""
     import importlib
 
     from pipeline.core.errors import CoconetError

@@ -204,7 +204,17 @@ def lineage(
     target: Annotated[
         str, typer.Argument(help="Model URI (models:/name@alias, models:/name/N) or run id.")
     ] = "models:/coconet@champion",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON: everything, every pair included.")
+    ] = False,
+    pairs: Annotated[
+        bool,
+        typer.Option(
+            "--pairs",
+            help="After the summary, list every pair's URLs and sha256s, the run's params and "
+            "metrics and the full dvc.lock md5s.",
+        ),
+    ] = False,
     verify: Annotated[
         bool,
         typer.Option("--verify", help="Re-hash local data and outputs; exit 1 on any drift."),
@@ -213,14 +223,17 @@ def lineage(
 ) -> None:
     """Show a model's lineage: version and aliases, MLflow run, dvc.lock hashes, datasets.
 
-    Read from what register recorded in MLflow, so it survives deleted local data. --verify
-    recomputes DVC's md5 of each recorded path (and the params digest) and reports drift.
+    Prints a one-screen summary (model, run, git commit, params digest, dvc.lock hashes per
+    stage, VGG weights, pairs per dataset and split with their mask methods, evaluation means);
+    --pairs adds the per-pair detail. Read from what register recorded in MLflow, so it
+    survives deleted local data. --verify recomputes DVC's md5 of each recorded path (and the
+    params digest) and reports drift.
     """
     from pipeline.core.params import PROJECT_ROOT
     from pipeline.tracking.lineage import LineageError, audit
 
     try:
-        text, drift = audit(target, as_json, verify, (root or PROJECT_ROOT).resolve())
+        text, drift = audit(target, as_json, verify, (root or PROJECT_ROOT).resolve(), pairs=pairs)
     except LineageError as exc:
         fail(str(exc))
     typer.echo(text)

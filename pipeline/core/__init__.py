@@ -1,1 +1,1 @@
-"""What every stage shares: params schema, project paths, errors, image I/O, colour, the stage entry."""
+"""What every stage shares: params, project paths, errors, image I/O, colour, the stage entry."""

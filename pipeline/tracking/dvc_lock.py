@@ -42,17 +42,3 @@ def stage_out_hashes(lock_path: str | Path = LOCK_FILE) -> dict[str, dict[str, s
     """``{stage: {out_path: md5}}`` for every stage in ``dvc.lock`` (uncached outs included)."""
     stages = read_lock(lock_path).get("stages", {}) or {}
     return {name: _hashes(stage.get("outs")) for name, stage in stages.items()}
-
-
-def stage_dep_hashes(lock_path: str | Path = LOCK_FILE) -> dict[str, dict[str, str]]:
-    """``{stage: {dep_path: md5}}`` for every stage in ``dvc.lock``."""
-    stages = read_lock(lock_path).get("stages", {}) or {}
-    return {name: _hashes(stage.get("deps")) for name, stage in stages.items()}
-
-
-def path_hashes(lock_path: str | Path = LOCK_FILE) -> dict[str, str]:
-    """``{path: md5}`` over all outs of all stages (each path is the out of one stage only)."""
-    merged: dict[str, str] = {}
-    for outs in stage_out_hashes(lock_path).values():
-        merged.update(outs)
-    return merged

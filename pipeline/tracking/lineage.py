@@ -2,8 +2,10 @@
 
 Everything shown comes from what the register stage recorded in MLflow (version and run tags,
 ``lineage/*.csv`` artifacts of the run), so a model whose local inputs were deleted still shows
-its lineage. ``verify`` re-hashes the local files with DVC's own hashing (``dvc_data``'s
-``build``, through the repo's hash cache) and compares them with the recorded md5s.
+its lineage. ``render`` prints a one-screen summary of the chain (``pairs=True`` adds the
+per-pair URLs and sha256s). ``verify`` re-hashes the local files with DVC's own hashing
+(``dvc_data``'s ``build``, through the repo's hash cache) and compares them with the recorded
+md5s.
 """
 
 from __future__ import annotations
@@ -199,8 +201,26 @@ def verify(lineage: dict[str, Any], root: Path = PROJECT_ROOT) -> list[dict[str,
     return checks
 
 
-def render(lineage: dict[str, Any], checks: list[dict[str, Any]] | None = None) -> str:
-    """Human-readable chain, one section per link."""
+def _short(md5: str) -> str:
+    """First 8 hex digits of a DVC md5, keeping the ``.dir`` suffix of directories."""
+    return md5[:8] + (".dir" if md5.endswith(".dir") else "")
+
+
+def _mask_methods(ds: dict[str, Any]) -> str:
+    counts: dict[str, int] = {}
+    for p in ds["pairs"]:
+        if p["mask_method"]:
+            counts[p["mask_method"]] = counts.get(p["mask_method"], 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{m} {n}" for m, n in ranked) or "none"
+
+
+def _splits(ds: dict[str, Any]) -> str:
+    return ", ".join(f"{n} {s}" for s, n in sorted(ds["splits"].items()))
+
+
+def _summary_lines(lineage: dict[str, Any]) -> list[str]:
+    """The chain at a glance: one line (or a few) per link, no per-pair detail."""
     lines: list[str] = []
     model = lineage["model"]
     if model:
@@ -209,7 +229,6 @@ def render(lineage: dict[str, Any], checks: list[dict[str, Any]] | None = None) 
             f"model    {model['name']} v{model['version']} (aliases: {aliases}), "
             f"registered {model['created']}",
             f"         decision: {model['decision'] or '?'}: {model['reason']}",
-            f"         source: {model['source']}",
         ]
     else:
         lines.append("model    (no registered version for this run)")
@@ -217,38 +236,74 @@ def render(lineage: dict[str, Any], checks: list[dict[str, Any]] | None = None) 
     lines += [
         f"run      {run['run_id']} (experiment {run['experiment_id']}, {run['status']}), "
         f"started {run['start_time']}",
-        f"         git commit {run['git_commit'] or '?'}"
+        f"git      commit {run['git_commit'] or '?'}"
         + (" (uncommitted changes)" if run["git_dirty"] == "true" else ""),
-        f"         params digest {lineage['params_digest'] or '?'}, "
-        f"VGG weights {lineage['vgg_weights'] or '?'}",
+        f"params   digest {lineage['params_digest'] or '?'}",
+        f"weights  VGG {lineage['vgg_weights'] or '?'}",
     ]
+    if lineage["dvc"]:
+        lines.append("dvc.lock (md5, first 8 hex digits)")
+        for stage, outs in lineage["dvc"].items():
+            hashes = ", ".join(f"{path} {_short(md5)}" for path, md5 in outs.items())
+            lines.append(f"         {stage:<9} {hashes}")
+    else:
+        lines.append("dvc.lock (no hashes recorded)")
+    if lineage["datasets"] is None:
+        lines.append("datasets (no data index recorded with this run)")
+    for i, ds in enumerate(lineage["datasets"] or []):
+        label = "datasets" if i == 0 else ""
+        lines.append(f"{label:<8} {ds['name']}: {_splits(ds)}; masks: {_mask_methods(ds)}")
     if lineage["evaluation"]:
         means = ", ".join(f"{k}={v:.4g}" for k, v in lineage["evaluation"].items())
-        lines.append(f"         evaluation (CoCoNet means) {means}")
+        lines += textwrap.wrap(
+            means, 100, initial_indent="eval     CoCoNet means ", subsequent_indent=" " * 9
+        )
+    else:
+        lines.append("eval     (no evaluation means recorded)")
+    return lines
+
+
+def _detail_lines(lineage: dict[str, Any]) -> list[str]:
+    """The full listing: model source, run params and metrics, every pair's files."""
+    lines: list[str] = []
+    run = lineage["run"]
+    if lineage["model"]:
+        lines.append(f"source   {lineage['model']['source']}")
     shown = {
         k: v for k, v in run["metrics"].items() if not k.startswith(("eval_", "step_", "system/"))
     }
     if shown:
-        lines.append("         metrics " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+        lines.append("metrics  " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
     params = ", ".join(f"{k}={v}" for k, v in run["params"].items())
-    lines += textwrap.wrap(
-        params, 100, initial_indent="         params ", subsequent_indent=" " * 16
-    )
-    lines.append("dvc.lock")
+    lines += textwrap.wrap(params, 100, initial_indent="params   ", subsequent_indent=" " * 9)
+    lines.append("dvc.lock (full md5)")
     for stage, outs in lineage["dvc"].items():
         for path, md5 in outs.items():
             lines.append(f"         {stage:<9} {path:<24} {md5}")
-    if lineage["datasets"] is None:
-        lines.append("datasets (no data index recorded with this run)")
     for ds in lineage["datasets"] or []:
-        splits = ", ".join(f"{n} {s}" for s, n in sorted(ds["splits"].items()))
-        lines.append(f"dataset  {ds['name']}: {splits}")
+        lines.append(f"dataset  {ds['name']}: {_splits(ds)}")
         for p in ds["pairs"]:
             mask = p["mask_method"] or "-"
             lines.append(f"         {p['pair_id']} [{p['split']}] mask={mask}")
             for role in ("ir", "vis", "mask"):
                 if p[f"{role}_url"]:
                     lines.append(f"           {role:<4} {p[f'{role}_url']} {p[f'{role}_sha256']}")
+    return lines
+
+
+def render(
+    lineage: dict[str, Any], checks: list[dict[str, Any]] | None = None, pairs: bool = False
+) -> str:
+    """Human-readable chain: a one-screen summary; with ``pairs`` also the full listing
+    (every pair's URLs and sha256s, the run's params and metrics, full dvc.lock md5s)."""
+    lines = _summary_lines(lineage)
+    if pairs:
+        lines += _detail_lines(lineage)
+    else:
+        lines.append(
+            "(--pairs: every pair's URLs and sha256s, run params and metrics, full md5s;"
+            " --json: everything)"
+        )
     if checks is not None:
         lines.append("verify")
         for c in checks:
@@ -265,6 +320,7 @@ def audit(
     as_json: bool = False,
     check: bool = False,
     root: Path = PROJECT_ROOT,
+    pairs: bool = False,
 ) -> tuple[str, bool]:
     """(report text, drift found) for the CLI."""
     from pipeline.tracking import experiment as tracking
@@ -276,4 +332,4 @@ def audit(
     drift = bool(checks) and not all(c["ok"] for c in checks)
     if as_json:
         return json.dumps({**lineage, "verify": checks}, indent=2), drift
-    return render(lineage, checks), drift
+    return render(lineage, checks, pairs), drift

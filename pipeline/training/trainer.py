@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from models.scaling import to_signed, to_unit
 from pipeline.core.errors import InputError
 from pipeline.core.params import Params
 from pipeline.core.paths import ProjectPaths
@@ -135,10 +136,10 @@ class Trainer:
         )
         with autocast:
             out = self.net(
-                (vis * 2 - 1).contiguous(memory_format=self.memory_format),
-                (ir * 2 - 1).contiguous(memory_format=self.memory_format),
+                to_signed(vis).contiguous(memory_format=self.memory_format),
+                to_signed(ir).contiguous(memory_format=self.memory_format),
             )
-        fused = (out.float() + 1) / 2
+        fused = to_unit(out.float())
         terms = self.adaptive.terms(fused, vis, ir)
         ssim, mse = terms["ssim"].mean(), terms["mse"].mean()
         adaptive = ssim + mse
