@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models import official
-from models.coconet import CoCoNet
+from models.coconet import CoCoNet, conv_block
 from models.official import (
     OfficialCheckpointError,
     complete_vgg,
@@ -22,6 +23,7 @@ from models.official import (
     key_map,
     save_converted,
 )
+from models.vgg import VGG19Features
 
 OFFICIAL_DIR = Path(__file__).parents[1].parent / "shared" / "official_coconet"
 CROP = (slice(None), slice(None), slice(200, 264), slice(300, 396))  # 64x96: fast forwards
@@ -267,3 +269,72 @@ def test_complete_vgg_fills_the_missing_layers_and_checks_consistency(tmp_path):
     assert all(torch.equal(full[k], state[k]) for k in state)
     _, consistent = complete_vgg(partial, "random")
     assert not consistent
+
+
+# --- details the official code fixes, pinned without the shared files ----------------------
+
+
+def test_conv_block_is_conv_then_leaky_relu_then_batchnorm():
+    torch.manual_seed(6)
+    block = conv_block(3, 4).eval()
+    bn = block[2]
+    with torch.no_grad():  # BatchNorm away from identity, so the order matters
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    x = torch.randn(2, 3, 5, 6)
+    conv = F.conv2d(x, block[0].weight, block[0].bias, padding=1)
+    expected = F.batch_norm(
+        F.leaky_relu(conv, 0.2), bn.running_mean, bn.running_var, bn.weight, bn.bias, False
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected)
+    assert [type(m) for m in conv_block(3, 4, norm=False)] == [torch.nn.Conv2d, torch.nn.LeakyReLU]
+
+
+@pytest.fixture(scope="module")
+def vgg() -> VGG19Features:
+    torch.manual_seed(7)
+    vgg = VGG19Features("random")
+    with torch.no_grad():  # non-zero biases: every layer changes the features
+        for param in vgg.features.parameters():
+            if param.ndim == 1:
+                param.uniform_(-0.1, 0.1)
+    return vgg
+
+
+def test_vgg_side_taps_are_official(vgg):
+    """Official ``Vgg19_Unet``: relu1_1, max-pool, conv1_2 + ReLU (H/2); relu2_2 (H/4); relu3_4
+    (H/8), torchvision indices written out."""
+    f = vgg.features
+    x = torch.randn(1, 1, 32, 32)
+
+    def run(x, start, stop):
+        for index in range(start, stop):
+            x = f[index](x)
+        return x
+
+    with torch.no_grad():
+        half = run(F.max_pool2d(run(x, 0, 2), 2), 2, 4)  # conv1_2 is features[2], its ReLU [3]
+        quarter = run(half, 4, 9)  # pool, conv2_1, relu, conv2_2, relu2_2 = features[8]
+        eighth = run(quarter, 9, 18)  # pool, conv3_1 .. relu3_4 = features[17]
+        taps = vgg.side_taps(x)
+    assert isinstance(f[8], torch.nn.ReLU) and f[7].out_channels == 128
+    assert isinstance(f[17], torch.nn.ReLU) and f[16].out_channels == 256
+    for tap, expected in zip(taps, (half, quarter, eighth), strict=True):
+        torch.testing.assert_close(tap, expected)
+
+
+def test_vgg_contrast_taps_are_relu_x_1(vgg):
+    """Official ``Vgg19`` (P_loss.py): relu1_1, relu2_1, relu3_1, relu4_1, relu5_1."""
+    f = vgg.features
+    x = torch.randn(1, 1, 32, 32)
+    stops = {"relu1_1": 2, "relu2_1": 7, "relu3_1": 12, "relu4_1": 21, "relu5_1": 30}
+    with torch.no_grad():
+        taps = vgg.contrast_taps(x)
+        for tap, (name, stop) in zip(taps, stops.items(), strict=True):
+            assert isinstance(f[stop - 1], torch.nn.ReLU), name
+            torch.testing.assert_close(tap, f[:stop](x), msg=name)
+    # conv<k>_1 is the first convolution after each pooling
+    assert [f[stop - 2] for stop in stops.values()] == [f[i] for i in (0, 5, 10, 19, 28)]
