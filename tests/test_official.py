@@ -3,6 +3,11 @@
 The reference is ``../shared/official_coconet`` (see its README): ``latest.pth``, a checkpoint in
 the official format with random non-trivial weights, and ``pair.npz``, a TNO pair with the
 official network's output for it.
+
+Mutations these tests were checked against (each fails at least one test here or in
+test_losses.py): BatchNorm before LeakyReLU in ``conv_block``; relu2_1 for relu2_2 as a VGG side
+tap; relu*_2 for relu*_1 in the contrastive loss; an L2 gradient magnitude for |Gx| + |Gy|; the
+key mapping off by one block (BatchNorm targets, VGG slice indices, fusion-conv block order).
 """
 
 from __future__ import annotations
