@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from kornia.filters import filter2d_separable, get_gaussian_kernel1d, spatial_gradient
 from torch import nn
 
+from models.scaling import to_signed
 from models.vgg import VGG19Features
 
 Reduction = Literal["mean", "sum", "none"]
@@ -97,7 +98,7 @@ def mean_gradient(
         return grads.abs().sum(dim=2).flatten(1).mean(1)
     kx = torch.tensor(_SOBEL_X, dtype=x.dtype, device=x.device)
     kernels = torch.stack([kx, kx.T]).unsqueeze(1)  # (2, 1, 3, 3): Gx, Gy
-    grads = F.conv2d(x * 2 - 1, kernels, padding=1)
+    grads = F.conv2d(to_signed(x), kernels, padding=1)
     return (grads.abs().sum(dim=1) + _GRADIENT_EPS).flatten(1).mean(1)
 
 
@@ -294,7 +295,7 @@ class CoupledContrastiveLoss(nn.Module):
     ) -> torch.Tensor:
         batch = fused.shape[0]
         has_mask = mask.flatten(1).amax(1) > 0
-        f, v, i = (t * 2 - 1 for t in (fused, vis, ir))
+        f, v, i = (to_signed(t) for t in (fused, vis, ir))
         offsets = torch.arange(self.negatives, device=fused.device).unsqueeze(1)
         if self.mode == "batch":
             if reduction != "mean":

@@ -293,7 +293,7 @@ def save_converted(
 
     The file is ``{'state_dict', 'vgg_weights', 'params', 'source': 'official', 'official':
     report}`` (plain types besides the tensors; ``torch.load(weights_only=True)`` reads it, and
-    ``pipeline.fuse.load_checkpoint_model`` loads it). The VGG layers the official file lacks
+    ``pipeline.inference.load_checkpoint_model`` loads it). The VGG layers the official file lacks
     come from ``vgg_weights``; ``'vgg_weights'`` in the file says ``official+<vgg_weights>``, and
     ``official.vgg_consistent`` whether the file's VGG layers equal those of ``vgg_weights``.
     Written to a temporary file beside ``path_out`` and renamed onto it.

@@ -252,7 +252,7 @@ def test_save_converted_writes_a_loadable_model_checkpoint(tmp_path, official_fi
     assert meta["vgg_not_set"] == list(report.vgg_not_set)
     assert meta["skipped"] == list(report.skipped)
     assert meta["vgg_fill"] == "random" and meta["vgg_consistent"] is False
-    # what pipeline.fuse.load_checkpoint_model does: meta-device model, strict assign
+    # what pipeline.inference.load_checkpoint_model does: meta-device model, strict assign
     with torch.device("meta"):
         model = CoCoNet(vgg_weights="random")
     model.load_state_dict(checkpoint["state_dict"], assign=True)
