@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,23 +25,38 @@ from pipeline.core.params import PROJECT_ROOT, ParamsError, load_params
 
 STAGES_PY = """
 import json, os, pathlib, sys
+import numpy as np
 import yaml
+from PIL import Image
 stage = sys.argv[1]
+if os.environ.get("TINY_FAIL") == stage:
+    sys.exit(f"{stage} failed on purpose")
 if stage == "download":
     datasets = yaml.safe_load(open("params.yaml"))["download"]["datasets"]
     tsv = pathlib.Path("pipeline/catalogue/datasets/inbox.tsv")
     rows = tsv.read_text().splitlines()[1:] if "inbox" in datasets and tsv.exists() else []
     for row in rows:
         assert pathlib.Path(row.split("\\t")[2]).is_file(), row
-    pathlib.Path("data/raw").mkdir(parents=True, exist_ok=True)
-    pathlib.Path("data/raw/count.txt").write_text(str(len(rows)))
+    raw = pathlib.Path("data/raw")
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "count.txt").write_text(str(len(rows)))
+    y, x = np.mgrid[0:96, 0:128]
+    test = {"ir": 128 + 60 * np.sin(x / 7) * np.cos(y / 11) + 40 * np.sin((x + y) / 17),
+            "vis": 128 + 70 * np.cos(x / 9 + y / 13) * np.sin(y / 6)}
+    for role, image in test.items():
+        (raw / "tiny" / role).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(raw / "tiny" / role / "t1.png")
+    (raw / "index.csv").write_text(
+        "pair_id,dataset,pair,split,ir,vis\\n"
+        "tiny/t1,tiny,t1,test,data/raw/tiny/ir/t1.png,data/raw/tiny/vis/t1.png\\n"
+    )
+    pathlib.Path("data/weights").mkdir(parents=True, exist_ok=True)
+    pathlib.Path("data/weights/README.txt").write_text("no weights\\n")
 elif stage == "evaluate":
     pathlib.Path("reports").mkdir(exist_ok=True)
     body = {"VIF": 0.5, "Nabf": 0.1, "n_pairs": 2, "baselines": {"average": {"VIF": 0.25}}}
     pathlib.Path("reports/metrics.json").write_text(json.dumps(body))
 elif stage == "register":
-    if os.environ.get("TINY_FAIL"):
-        sys.exit("register failed on purpose")
     n = pathlib.Path("data/raw/count.txt").read_text()
     pathlib.Path("artifacts").mkdir(exist_ok=True)
     record = {"name": "coconet", "version": n, "alias": "champion", "decision": "promoted",
@@ -54,7 +70,7 @@ DVC_YAML = {
             "cmd": "python stages.py download",
             "deps": ["stages.py", "pipeline/catalogue"],
             "params": ["download.datasets"],
-            "outs": ["data/raw"],
+            "outs": ["data/raw", "data/weights"],
         },
         "evaluate": {
             "cmd": "python stages.py evaluate",
@@ -90,10 +106,34 @@ def tiny(tmp_path) -> Path:
 
 def _pair(folder: Path, size=(6, 8), vis_size=None, ext=".png") -> Path:
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(len(folder.name))
+    rng = np.random.default_rng(zlib.crc32(folder.name.encode()))  # other names, other images
     write_image(folder / f"ir{ext}", rng.random(size).astype(np.float32))
     write_image(folder / f"vis{ext}", rng.random((*(vis_size or size), 3)).astype(np.float32))
     return folder
+
+
+def _state(root: Path) -> dict[str, bytes]:
+    """Every file a retrain may change: data, outputs, incoming, catalogue, params, dvc.lock."""
+    tops = ("data", "reports", "artifacts", "incoming", "pipeline")
+    names = ("params.yaml", "dvc.lock", "incoming.dvc", ".gitignore")
+    return {
+        path.relative_to(root).as_posix(): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+        and (path.relative_to(root).parts[0] in tops or path.name in names)
+        and not path.relative_to(root).parts[0].startswith(".")
+    }
+
+
+def _leak(root: Path, folder: Path) -> None:
+    """An edited copy of the tiny project's test pair: cropped, brighter, saved as BMP."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for role in ("ir", "vis"):
+        image = np.asarray(Image.open(root / f"data/raw/tiny/{role}/t1.png"), dtype=np.int16)
+        edited = np.clip(image[3:-5, 4:-2] + 25, 0, 255).astype(np.uint8)
+        Image.fromarray(edited).save(folder / f"{role}.bmp")
 
 
 def test_repro_stage_runs_then_skips(tiny):
@@ -166,6 +206,7 @@ def test_ingest_tracks_pairs_with_dvc_and_rollback_restores(tiny):
     assert (tiny / "params.yaml").read_text() == params_before
     assert not (tiny / "incoming/n1").exists() and not (tiny / "incoming.dvc").exists()
     assert inbox_mod.read_catalogue(tiny) == []
+    assert not (tiny / ".gitignore").exists()  # written by `dvc add incoming`, undone too
     assert (inbox / "n1/ir.png").is_file()  # the inbox is never touched by ingest/rollback
 
 
@@ -194,7 +235,7 @@ def test_flows_end_to_end(tiny, prefect_server, monkeypatch):
 
     first = run_pipeline(str(tiny))
     assert first["ran"] == ["download", "evaluate", "register"]
-    assert "| CoCoNet | 0.5 |" in first["report"] and "version **0**" in first["report"]
+    assert "| CoCoNet | **0.5000** |" in first["report"] and "version **0**" in first["report"]
     second = run_pipeline(str(tiny))
     assert second["ran"] == [] and "register was up to date" in second["report"]
 
@@ -217,16 +258,97 @@ def test_flows_end_to_end(tiny, prefect_server, monkeypatch):
     assert done["registered"]["version"] == "2"  # two inbox files reached the stages
     assert not (inbox / "n1").exists() and (tiny / "incoming/n1/vis.png").is_file()
 
+    _leak(tiny, inbox / "leak")  # an edited copy of the test pair: never trained on
+    refused = retrain(str(tiny), str(inbox))
+    assert refused["status"] == "nothing new" and "test pair tiny/t1" in refused["rejected"]["leak"]
+
     _pair(inbox / "n2")
-    monkeypatch.setenv("TINY_FAIL", "1")
-    with pytest.raises(Exception, match="register"):
+    monkeypatch.setenv("TINY_FAIL", "register")
+    before = _state(tiny)
+    with pytest.raises(Exception, match="register failed on purpose"):
         retrain(str(tiny), str(inbox))
+    assert _state(tiny) == before  # incl. artifacts/registered.json, which DVC had deleted
     assert (inbox / "n2/ir.png").is_file() and not (tiny / "incoming/n2").exists()
     assert [r["pair"] for r in inbox_mod.read_catalogue(tiny)] == ["n1", "n1"]
-    registered = tiny / "artifacts/registered.json"  # DVC removes a stage's outs before running
-    assert not registered.exists() or json.loads(registered.read_text())["version"] == "2"
+    assert json.loads((tiny / "artifacts/registered.json").read_text())["version"] == "2"
     monkeypatch.delenv("TINY_FAIL")
 
     with FileLock(str(lock_path(tiny))):
         assert retrain(str(tiny), str(inbox))["status"] == "busy"
-    assert (inbox / "n2").exists()
+    assert (inbox / "n2").exists() and (inbox / "leak").exists()
+
+
+@pytest.mark.slow
+def test_failed_download_rolls_the_retrain_back(tiny, prefect_server, monkeypatch):
+    """DVC deletes data/raw and data/weights before the download stage runs; when it fails, the
+    retrain restores them (dvc checkout of the last dvc.lock), the catalogue and params too."""
+    from flows.repro import run_pipeline
+    from flows.retrain import retrain
+
+    run_pipeline(str(tiny))
+    inbox = tiny / "inbox"
+    _pair(inbox / "n1")
+    before = _state(tiny)
+    assert {"data/raw/index.csv", "data/weights/README.txt", "dvc.lock"} <= set(before)
+    monkeypatch.setenv("TINY_FAIL", "download")
+    with pytest.raises(Exception, match="download failed on purpose"):
+        retrain(str(tiny), str(inbox), download_retries=0)
+    assert _state(tiny) == before
+    assert not (tiny / "incoming").exists() and (inbox / "n1/ir.png").is_file()
+    assert pending_stages(tiny) == {}
+    assert not list((tiny / ".dvc/tmp").glob("retrain-backup-*"))
+
+
+def test_undo_restores_what_dvc_deleted_before_a_failing_stage(tiny, monkeypatch):
+    """The rollback without Prefect: ingest, a `dvc repro` whose download fails, undo."""
+    from flows.dvc_cli import WorkspaceBackup, run_dvc
+    from flows.retrain import undo
+
+    run_dvc(["repro"], tiny)
+    before = _state(tiny)
+    backup = WorkspaceBackup.save(tiny)
+    pairs, _ = inbox_mod.scan_inbox(_pair(tiny / "inbox" / "n1").parent)
+    snapshot = inbox_mod.ingest(pairs, tiny)
+    monkeypatch.setenv("TINY_FAIL", "download")
+    assert run_dvc(["repro"], tiny, check=False).returncode != 0
+    assert not (tiny / "data/raw").exists() and not (tiny / "data/weights").exists()
+    undo(tiny, snapshot, backup, {})
+    assert _state(tiny) == before
+    assert not backup.folder.exists()
+
+
+def test_retrain_cli_exits_75_while_another_retrain_holds_the_lock(tmp_path):
+    from flows.retrain import lock_path
+
+    root = tmp_path / "project"
+    lock_path(root).parent.mkdir(parents=True)
+    with FileLock(str(lock_path(root))):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from pipeline.cli import main; main()",
+                "retrain",
+                "--root",
+                str(root),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert proc.returncode == 75, proc.stdout + proc.stderr  # EX_TEMPFAIL: try again later
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "retrain busy" in lines[0] and str(lock_path(root)) in lines[0]
+
+
+def test_retrain_cli_exits_75_when_the_flow_finds_the_lock_taken(tmp_path, monkeypatch):
+    """The lock was free when the command checked it, then taken before the flow tried it."""
+    from typer.testing import CliRunner
+
+    import flows.retrain
+    from pipeline.cli import app
+
+    monkeypatch.setattr(flows.retrain, "retrain", lambda *a, **k: {"status": "busy"})
+    result = CliRunner().invoke(app, ["retrain", "--root", str(tmp_path)])
+    assert result.exit_code == 75
+    assert "retrain busy" in result.output
