@@ -45,7 +45,9 @@ def _rss_high_water_kib(reset: bool = False) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _measure(width: int, height: int, tile: int | None, precision: str, threads: int) -> dict:
+def _measure(
+    width: int, height: int, tile: int | None, precision: str, threads: int, keep_output: bool
+) -> dict:
     """In a fresh process: seconds and peak RSS growth (bytes) of one fusion."""
     from models.coconet import CoCoNet
     from models.tiling import fuse_tiled
@@ -62,7 +64,11 @@ def _measure(width: int, height: int, tile: int | None, precision: str, threads:
         out = model(vis, ir) if tile is None else fuse_tiled(model, vis, ir, tile)
     seconds = time.perf_counter() - tic
     peak = (_rss_high_water_kib() - base) * 1024
-    return {"seconds": seconds, "peak": peak, "shape": tuple(out.shape)}
+    result = {"seconds": seconds, "peak": peak, "shape": tuple(out.shape)}
+    if keep_output:
+        result["grey"] = torch.round(out.float().add(1).div(2).clamp(0, 1) * 255)[0, 0].numpy()
+        result["output"] = out.float()[0, 0].numpy()
+    return result
 
 
 def _run(*job) -> dict:
@@ -75,7 +81,7 @@ def _fit(sizes: list[int], threads: int) -> None:
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         pixels, peaks = [], []
         for side in sizes:
-            result = _run(side, side, None, precision, threads)
+            result = _run(side, side, None, precision, threads, False)
             pixels.append(side * side)
             peaks.append(result["peak"])
             print(f"  {precision} {side}x{side}: {result['peak'] / 2**20:8.1f} MiB, "
@@ -111,17 +117,22 @@ def main() -> None:
           f"torch {torch.__version__}; 4000x3000 budget {args.budget_gb:g} GB: "
           f"tile {big_tile}")  # fmt: skip
     print(f"{'case':<24} {'tiles':>5} {'s':>8} {'ms/MP':>9} {'peak MiB':>9} {'est. MiB':>9}")
-    results = {}
+    results, outputs, greys = {}, [], []
     for name, width, height, tile in cases:
-        result = _run(width, height, tile, args.precision, args.threads)
+        result = _run(width, height, tile, args.precision, args.threads, width == 1280)
         assert result["shape"] == (1, 1, height, width), result["shape"]
         megapixels = width * height / 1e6
         tiles = 1 if tile is None else tile_count(height, width, tile)
         estimate = estimate_bytes(height, width, tile or max(width, height), dtype)
         results[name] = (result["seconds"] / megapixels, result["peak"])
+        outputs.append(result.get("output"))
+        greys.append(result.get("grey"))
         print(f"{name:<24} {tiles:>5} {result['seconds']:>8.1f} "
               f"{result['seconds'] * 1e3 / megapixels:>9.0f} {result['peak'] / 2**20:>9.0f} "
               f"{estimate / 2**20:>9.0f}")  # fmt: skip
+    apart, diff = np.abs(greys[1] - greys[0]).max(), np.abs(outputs[1] - outputs[0]).max()
+    print(f"1280x1024 tiled vs untiled: max |difference| {diff:.2e} on [-1, 1], "
+          f"{apart:.0f} grey levels (8-bit)")  # fmt: skip
     (base_ms, base_peak), (tiled_ms, tiled_peak), (big_ms, big_peak) = results.values()
     print(f"1280x1024 tiled / untiled: time per MP x{tiled_ms / base_ms:.2f}, "
           f"peak memory x{tiled_peak / base_peak:.2f}")  # fmt: skip

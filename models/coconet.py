@@ -148,6 +148,8 @@ class CoCoNet(nn.Module):
         ``window`` (top, bottom, left, right) in full-resolution pixels of ``features``' input,
         each a multiple of 8, restricts the sums to that window (a tile's interior).
         """
+        if window is not None and any(edge % 8 for edge in window):
+            raise ValueError(f"window edges must be multiples of 8, got {window}")
         energies = []
         for scale, mam, streams in (
             (8, self.mam8, features.eighth),

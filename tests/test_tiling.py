@@ -154,6 +154,14 @@ def test_receptive_field_is_within_the_halo(model):
     assert 32 < radius <= ENERGY_RADIUS
 
 
+def test_energy_windows_must_lie_on_the_8_pixel_grid(model):
+    with torch.inference_mode():
+        features = model.encode(torch.zeros(1, 2, 32, 32))
+        assert model.attention_energies(features, (8, 24, 0, 32))[0].shape == (3, 256, 256)
+        with pytest.raises(ValueError, match="multiples of 8"):
+            model.attention_energies(features, (4, 24, 0, 32))
+
+
 def test_eval_mode_is_required(model):
     vis, ir = scene(1, 32, 32)
     model.train()
