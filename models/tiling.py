@@ -81,8 +81,13 @@ def tile_boxes(height: int, width: int, tile: int, halo: int) -> Iterator[tuple[
     """(interior, crop) boxes covering a padded ``height`` x ``width`` image.
 
     Interiors start at multiples of ``tile`` and partition the image; each crop is its interior
-    grown by ``halo`` on every side and clipped to the image.
+    grown by ``halo`` on every side and clipped to the image. All four must be multiples of 16.
     """
+    if any(value % PAD_MULTIPLE for value in (height, width, tile, halo)) or tile <= 0:
+        raise ValueError(
+            f"image {height}x{width}, tile {tile} and halo {halo} must be multiples of "
+            f"{PAD_MULTIPLE} (tile > 0): crops must start on the max-pools' grid"
+        )
     for top in range(0, height, tile):
         bottom = min(top + tile, height)
         for left in range(0, width, tile):

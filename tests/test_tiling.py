@@ -80,6 +80,8 @@ def test_tiles_partition_the_image_on_the_16_pixel_grid():
         assert crop[0] <= top and crop[1] >= bottom and crop[2] <= left and crop[3] >= right
     assert len(boxes) == 3 * 4
     assert torch.all(covered == 1)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        list(tile_boxes(112, 160, 40, 32))
 
 
 def test_tiled_equals_untiled_odd_size_batch(model):
