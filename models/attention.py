@@ -1,9 +1,28 @@
-"""Channel attention (CA) and the multi-level attention module (MAM) of CoCoNet."""
+"""Channel attention (CA) and the multi-level attention module (MAM) of CoCoNet.
+
+The CA is split into its three steps so that tiled inference (``models.tiling``) can reuse them:
+``energy`` (the C x C sum over pixels, optionally over a sub-window only, so tiles can add up their
+interiors), ``attention_from_energy`` (the softmax) and ``attend`` (per pixel, given the attention
+matrix). ``forward`` is the three in a row, the network's one implementation of the maths.
+"""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
+
+# (top, bottom, left, right) of a window, in pixels of the feature map it is applied to.
+Window = tuple[int, int, int, int]
+
+
+def _without_autocast(device_type: str):
+    """Turn autocast off (the energy is summed in fp32 even under bf16 autocast)."""
+    available = torch.amp.autocast_mode.is_autocast_available(device_type)
+    if available and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()
 
 
 class ChannelAttention(nn.Module):
@@ -11,7 +30,8 @@ class ChannelAttention(nn.Module):
 
     q, k, v come from three 3x3 C->C convolutions; the energy ``E = q kᵀ`` is C x C over all pixels;
     ``A = softmax(rowmax(E) - E)``; the output is ``γ (A v) + v`` with the learnable scalar γ
-    starting at 0.
+    starting at 0. The energy and the softmax are computed in at least fp32 (under bf16 autocast
+    too); ``A v`` follows autocast.
     """
 
     def __init__(self, channels: int) -> None:
@@ -21,26 +41,69 @@ class ChannelAttention(nn.Module):
         self.value = nn.Conv2d(channels, channels, 3, padding=1)
         self.gamma = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        q = self.query(x).reshape(batch, channels, -1)
-        k = self.key(x).reshape(batch, channels, -1)
+    def energy(self, x: torch.Tensor, window: Window | None = None) -> torch.Tensor:
+        """(B,C,C) ``q kᵀ`` summed over the pixels of ``window`` (default: all) of ``x``.
+
+        q and k are convolved over the whole of ``x`` and then cut to the window, so a tile with
+        a halo gives its interior's exact share of the whole image's energy.
+        """
+        q, k = self.query(x), self.key(x)
+        if window is not None:
+            top, bottom, left, right = window
+            q, k = q[..., top:bottom, left:right], k[..., top:bottom, left:right]
+        batch, channels = q.shape[:2]
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        with _without_autocast(x.device.type):
+            q = q.reshape(batch, channels, -1).to(dtype)
+            k = k.reshape(batch, channels, -1).to(dtype)
+            return torch.bmm(q, k.transpose(1, 2))
+
+    @staticmethod
+    def attention_from_energy(energy: torch.Tensor) -> torch.Tensor:
+        """``softmax(rowmax(E) - E)`` over the last dimension, in the energy's dtype."""
+        with _without_autocast(energy.device.type):
+            return torch.softmax(energy.amax(dim=-1, keepdim=True) - energy, dim=-1)
+
+    def attend(self, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """``γ (A v) + v`` with a given (B,C,C) attention matrix; per pixel, so tiles are exact."""
         v = self.value(x)
-        energy = torch.bmm(q, k.transpose(1, 2))
-        attention = torch.softmax(energy.amax(dim=-1, keepdim=True) - energy, dim=-1)
+        batch, channels = v.shape[:2]
+        attention = attention.to(v.dtype)
         out = torch.bmm(attention, v.reshape(batch, channels, -1)).reshape(v.shape)
         return self.gamma * out + v
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(x, self.attention_from_energy(self.energy(x)))
+
 
 class MultiLevelAttention(nn.Module):
-    """One CA shared by the U-Net, VGG-visible and VGG-infrared streams, concatenated, 3x3 3C->C."""
+    """One CA shared by the U-Net, VGG-visible and VGG-infrared streams, concatenated, 3x3 3C->C.
+
+    The three streams share the CA weights, so they run as one batch of 3B (all U-Net samples,
+    then all visible, then all infrared); each has its own energy and attention matrix.
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.attention = ChannelAttention(channels)
         self.fuse = nn.Conv2d(3 * channels, channels, 3, padding=1)
 
-    def forward(self, unet: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        # The three streams share the CA weights, so they run as one batch.
-        attended = self.attention(torch.cat([unet, vis, ir], dim=0))
+    def energy(
+        self, unet: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor, window: Window | None = None
+    ) -> torch.Tensor:
+        """(3B,C,C) energies of the three streams (see ``ChannelAttention.energy``)."""
+        return self.attention.energy(torch.cat([unet, vis, ir], dim=0), window)
+
+    def forward(
+        self,
+        unet: torch.Tensor,
+        vis: torch.Tensor,
+        ir: torch.Tensor,
+        attention: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Fused streams; ``attention`` (3B,C,C), when given, replaces the one from these maps."""
+        streams = torch.cat([unet, vis, ir], dim=0)
+        if attention is None:
+            attention = self.attention.attention_from_energy(self.attention.energy(streams))
+        attended = self.attention.attend(streams, attention)
         return self.fuse(torch.cat(attended.chunk(3, dim=0), dim=1))

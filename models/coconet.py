@@ -12,11 +12,13 @@ paper's ≈ 6.79 M.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.attention import MultiLevelAttention
+from models.attention import MultiLevelAttention, Window
 from models.vgg import VGG19Features
 
 PAD_MULTIPLE = 16
@@ -42,6 +44,24 @@ class UpConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+
+
+class Features(NamedTuple):
+    """What the decoder needs: the full-resolution skip and, per MAM scale, the three streams
+    (U-Net, VGG visible, VGG infrared)."""
+
+    full: torch.Tensor
+    half: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    quarter: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    eighth: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def check_pair(vis: torch.Tensor, ir: torch.Tensor) -> None:
+    """Both inputs must be (B,1,H,W) of one shape."""
+    if vis.shape != ir.shape or vis.ndim != 4 or vis.shape[1] != 1:
+        raise ValueError(
+            f"expected two (B,1,H,W) tensors, got {tuple(vis.shape)}, {tuple(ir.shape)}"
+        )
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> tuple[torch.Tensor, tuple]:
@@ -100,11 +120,14 @@ class CoCoNet(nn.Module):
         self.out = nn.Conv2d(32, 1, 1)
 
     def forward(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        if vis.shape != ir.shape or vis.ndim != 4 or vis.shape[1] != 1:
-            raise ValueError(
-                f"expected two (B,1,H,W) tensors, got {tuple(vis.shape)}, {tuple(ir.shape)}"
-            )
+        check_pair(vis, ir)
         x, pads = pad_to_multiple(torch.cat([vis, ir], dim=1))
+        return crop_padding(self.decode(self.encode(x)), pads)
+
+    # The three steps below are the network; ``forward`` and ``models.tiling`` both use them.
+
+    def encode(self, x: torch.Tensor) -> Features:
+        """U-Net encoder and VGG side taps of a padded (B,2,H,W) [visible, infrared] tensor."""
         # The VGG runs once over both sources, batched.
         vgg_half, vgg_quarter, vgg_eighth = self.vgg.side_taps(torch.cat(x.split(1, dim=1), dim=0))
         vis2, ir2 = vgg_half.chunk(2, dim=0)
@@ -115,12 +138,41 @@ class CoCoNet(nn.Module):
         e2 = self.enc2(self.pool(e1))
         e4 = self.enc3(self.pool(e2))
         e8 = self.enc4(self.pool(e4))
+        return Features(e1, (e2, vis2, ir2), (e4, vis4, ir4), (e8, vis8, ir8))
 
-        d8 = self.bottleneck(self.mam8(e8, vis8, ir8))
-        d4 = self.dec4(torch.cat([self.up4(d8), self.mam4(e4, vis4, ir4)], dim=1))
-        d2 = self.dec2(torch.cat([self.up2(d4), self.mam2(e2, vis2, ir2)], dim=1))
-        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
-        return crop_padding(torch.tanh(self.out(d1)), pads)
+    def attention_energies(
+        self, features: Features, window: Window | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Channel-attention energies (3B,C,C) of mam8, mam4, mam2, in at least fp32.
+
+        ``window`` (top, bottom, left, right) in full-resolution pixels of ``features``' input,
+        each a multiple of 8, restricts the sums to that window (a tile's interior).
+        """
+        if window is not None and any(edge % 8 for edge in window):
+            raise ValueError(f"window edges must be multiples of 8, got {window}")
+        energies = []
+        for scale, mam, streams in (
+            (8, self.mam8, features.eighth),
+            (4, self.mam4, features.quarter),
+            (2, self.mam2, features.half),
+        ):
+            scaled = None if window is None else tuple(edge // scale for edge in window)
+            energies.append(mam.energy(*streams, window=scaled))
+        return tuple(energies)
+
+    def decode(
+        self,
+        features: Features,
+        attentions: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Decoder and output (B,1,H,W) in [-1, 1]; ``attentions`` (mam8, mam4, mam2), when
+        given, are used instead of the ones from these features (tiles of a larger image)."""
+        att8, att4, att2 = attentions or (None, None, None)
+        d8 = self.bottleneck(self.mam8(*features.eighth, attention=att8))
+        d4 = self.dec4(torch.cat([self.up4(d8), self.mam4(*features.quarter, attention=att4)], 1))
+        d2 = self.dec2(torch.cat([self.up2(d4), self.mam2(*features.half, attention=att2)], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), features.full], dim=1))
+        return torch.tanh(self.out(d1))
 
     def trainable_parameters(self) -> int:
         """Number of parameters the optimiser updates (VGG excluded)."""

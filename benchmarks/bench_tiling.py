@@ -1,0 +1,145 @@
+"""Tiled vs untiled CoCoNet inference on the CPU: peak memory and milliseconds per megapixel.
+
+Each case runs in its own (spawned) process with the same seeded random weights; peak memory is
+the growth of the resident set's high-water mark over the call (reset through
+/proc/self/clear_refs where allowed, else the ``getrusage`` maxrss delta), the model and inputs
+already in memory. Default cases: 1280x1024 untiled and tiled (``--tile``), and 4000x3000 tiled
+with the tile ``plan_tiles`` picks for ``--budget-gb`` (3 GB).
+
+``--fit`` instead measures untiled forward passes at several sizes, in fp32 and under bf16
+autocast, and fits peak bytes = a * pixels + b: the constants of ``models.tiling``'s memory model.
+
+    python benchmarks/bench_tiling.py [--threads 2] [--tile 512] [--budget-gb 3]
+        [--precision fp32|bf16]
+    python benchmarks/bench_tiling.py --fit [--sizes 192,320,448,576]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import re
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# This checkout's packages, not an installed copy (spawned workers import this module too).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _rss_high_water_kib(reset: bool = False) -> int:
+    """The resident set's high-water mark (KiB); ``reset`` first lowers it to the current RSS."""
+    status = Path("/proc/self/status")
+    if reset:
+        with contextlib.suppress(OSError):  # not allowed everywhere: then no reset
+            Path("/proc/self/clear_refs").write_text("5")
+    if status.is_file():
+        match = re.search(r"VmHWM:\s+(\d+)", status.read_text())
+        if match:
+            return int(match.group(1))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _measure(
+    width: int, height: int, tile: int | None, precision: str, threads: int, keep_output: bool
+) -> dict:
+    """In a fresh process: seconds and peak RSS growth (bytes) of one fusion."""
+    from models.coconet import CoCoNet
+    from models.tiling import fuse_tiled
+    from pipeline.core.precision import autocast_context
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = CoCoNet(vgg_weights="random").eval().to(memory_format=torch.channels_last)
+    vis, ir = (torch.rand(1, 1, height, width) * 2 - 1 for _ in range(2))
+    vis, ir = (t.contiguous(memory_format=torch.channels_last) for t in (vis, ir))
+    base = _rss_high_water_kib(reset=True)
+    tic = time.perf_counter()
+    with autocast_context(precision, "cpu"), torch.inference_mode():
+        out = model(vis, ir) if tile is None else fuse_tiled(model, vis, ir, tile)
+    seconds = time.perf_counter() - tic
+    peak = (_rss_high_water_kib() - base) * 1024
+    result = {"seconds": seconds, "peak": peak, "shape": tuple(out.shape)}
+    if keep_output:
+        result["grey"] = torch.round(out.float().add(1).div(2).clamp(0, 1) * 255)[0, 0].numpy()
+        result["output"] = out.float()[0, 0].numpy()
+    return result
+
+
+def _run(*job) -> dict:
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure, job)
+
+
+def _fit(sizes: list[int], threads: int) -> None:
+    print(f"untiled forward peak RSS growth, {threads} threads")
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        pixels, peaks = [], []
+        for side in sizes:
+            result = _run(side, side, None, precision, threads, False)
+            pixels.append(side * side)
+            peaks.append(result["peak"])
+            print(f"  {precision} {side}x{side}: {result['peak'] / 2**20:8.1f} MiB, "
+                  f"{result['seconds']:6.2f} s")  # fmt: skip
+        slope, intercept = np.polyfit(pixels, peaks, 1)
+        print(f"{dtype}: {slope:.0f} bytes/pixel + {intercept / 2**20:.1f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tile", type=int, default=512, help="tile for the 1280x1024 case")
+    parser.add_argument("--budget-gb", type=float, default=3.0, help="budget for 4000x3000")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--fit", action="store_true", help="fit the memory model instead")
+    parser.add_argument("--sizes", default="192,320,448,576", help="square sides for --fit")
+    args = parser.parse_args()
+    if args.fit:
+        _fit([int(s) for s in args.sizes.split(",")], args.threads)
+        return
+
+    from models.tiling import estimate_bytes, plan_tiles, tile_count
+
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    budget = int(args.budget_gb * 2**30)
+    big_tile = plan_tiles(3000, 4000, budget, dtype)
+    cases = [
+        ("1280x1024 untiled", 1280, 1024, None),
+        (f"1280x1024 tiled {args.tile}", 1280, 1024, args.tile),
+        (f"4000x3000 tiled {big_tile}", 4000, 3000, big_tile),
+    ]
+    print(f"CoCoNet on the CPU, {args.precision}, {args.threads} threads, "
+          f"torch {torch.__version__}; 4000x3000 budget {args.budget_gb:g} GB: "
+          f"tile {big_tile}")  # fmt: skip
+    print(f"{'case':<24} {'tiles':>5} {'s':>8} {'ms/MP':>9} {'peak MiB':>9} {'est. MiB':>9}")
+    results, outputs, greys = {}, [], []
+    for name, width, height, tile in cases:
+        result = _run(width, height, tile, args.precision, args.threads, width == 1280)
+        assert result["shape"] == (1, 1, height, width), result["shape"]
+        megapixels = width * height / 1e6
+        tiles = 1 if tile is None else tile_count(height, width, tile)
+        estimate = estimate_bytes(height, width, tile or max(width, height), dtype)
+        results[name] = (result["seconds"] / megapixels, result["peak"])
+        outputs.append(result.get("output"))
+        greys.append(result.get("grey"))
+        print(f"{name:<24} {tiles:>5} {result['seconds']:>8.1f} "
+              f"{result['seconds'] * 1e3 / megapixels:>9.0f} {result['peak'] / 2**20:>9.0f} "
+              f"{estimate / 2**20:>9.0f}")  # fmt: skip
+    apart, diff = np.abs(greys[1] - greys[0]).max(), np.abs(outputs[1] - outputs[0]).max()
+    print(f"1280x1024 tiled vs untiled: max |difference| {diff:.2e} on [-1, 1], "
+          f"{apart:.0f} grey levels (8-bit)")  # fmt: skip
+    (base_ms, base_peak), (tiled_ms, tiled_peak), (big_ms, big_peak) = results.values()
+    print(f"1280x1024 tiled / untiled: time per MP x{tiled_ms / base_ms:.2f}, "
+          f"peak memory x{tiled_peak / base_peak:.2f}")  # fmt: skip
+    verdict = "within" if big_peak <= budget else "OVER"
+    print(f"4000x3000 tiled / 1280x1024 untiled: time per MP x{big_ms / base_ms:.2f}, "
+          f"peak memory x{big_peak / base_peak:.2f} ({verdict} the budget)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
