@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from models.coconet import CoCoNet
+from models.errors import CoconetError
 from models.vgg import build_vgg19_features
 
 SOURCE = "official"
@@ -97,7 +98,7 @@ VGG19_CONVS = {
 _OFFICIAL_VGG = tuple(VGG19_CONVS)[:8]  # conv1_1 .. conv3_4: all the official file holds
 
 
-class OfficialCheckpointError(ValueError):
+class OfficialCheckpointError(CoconetError, ValueError):
     """An official CoCoNet checkpoint that cannot be converted (names the file and the keys)."""
 
 

@@ -45,6 +45,7 @@ import torch
 
 from models.attention import ChannelAttention
 from models.coconet import PAD_MULTIPLE, CoCoNet, check_pair, crop_padding, pad_to_multiple
+from models.errors import CoconetError
 
 RECEPTIVE_RADIUS = 109  # full-resolution pixels, output <- input (see the module docstring)
 ENERGY_RADIUS = 58  # the deepest attention energy's q/k <- input
@@ -65,7 +66,7 @@ IMAGE_BYTES_PER_PIXEL = 12  # padded fp32 input (2 channels) and the output
 Box = tuple[int, int, int, int]
 
 
-class TileBudgetError(MemoryError, ValueError):
+class TileBudgetError(CoconetError, MemoryError, ValueError):
     """Even the smallest tile does not fit the memory budget."""
 
 

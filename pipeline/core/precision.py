@@ -27,12 +27,14 @@ from pathlib import Path
 
 import torch
 
+from pipeline.core.errors import CoconetError
+
 PRECISIONS = ("auto", "fp32", "bf16")
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 CPUINFO = Path("/proc/cpuinfo")
 
 
-class PrecisionError(ValueError):
+class PrecisionError(CoconetError, ValueError):
     """A precision that is unknown, or that the device cannot run."""
 
 

@@ -1,13 +1,8 @@
 """Stage ``download``: fetch every catalogued file, verify it, and write one normalised layout.
 
-Files are fetched with pooch (known hashes, retries with back-off, a temporary file renamed
-into place only after its hash matched) into a download cache, ``$COCONET_CACHE`` or
-``pooch.os_cache("coconet")`` (``~/.cache/coconet`` on Linux), keyed ``HOST/PATH``, so a
-re-run never refetches a verified file. Several files download at once (a thread pool) under
-one overall progress bar. A mirror (``COCONET_MIRROR``, else ``download.mirror``: a base URL
-or a folder) replaces ``https://`` so that ``https://HOST/PATH`` is read from
-``MIRROR/HOST/PATH``; folders and ``file://`` mirrors are copied by :class:`LocalFileDownloader`
-under the same pooch verification.
+Files are fetched by :mod:`pipeline.catalogue.fetch` (pooch: known hashes, retries with
+back-off, atomic renames, a cache keyed ``HOST/PATH``, mirrors), several at once under one
+progress bar.
 
 Outputs: ``data/raw/<dataset>/{ir,vis,mask}/<pair>.png`` (8-bit; grey, colour visible images
 keep colour), ``data/raw/index.csv`` and ``data/weights`` (SAM checkpoint, README.txt); the
@@ -16,15 +11,11 @@ VGG-19 file goes to torchvision's cache. Both folders are built aside and rename
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
@@ -33,7 +24,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.catalogue import CatalogueFile, Dataset, Weight, load_dataset, load_weights, url_key
-from pipeline.core.errors import CoconetError
+from pipeline.catalogue.fetch import (  # noqa: F401  (re-exported for the stage's users)
+    MIRROR_ENV,
+    DownloadError,
+    Request,
+    cache_dir,
+    fetch_all,
+    resolve_mirror,
+    source_url,
+)
 from pipeline.core.imageio import read_image, to_grey, to_uint8
 from pipeline.core.params import DownloadParams, Params
 from pipeline.core.paths import ProjectPaths
@@ -56,138 +55,6 @@ INDEX_COLUMNS = [
     "vis_sha256",
     "mask_sha256",
 ]
-MIRROR_ENV = "COCONET_MIRROR"
-CACHE_ENV = "COCONET_CACHE"
-
-log = logging.getLogger(__name__)
-
-
-class DownloadError(CoconetError, RuntimeError):
-    """A file could not be fetched or verified, or a pair is inconsistent."""
-
-
-@dataclass(frozen=True)
-class Request:
-    """One file to fetch: where it is kept (relative to a folder), its URL and hash."""
-
-    key: str
-    url: str
-    known_hash: str
-    hint: str = ""
-
-
-def cache_dir() -> Path:
-    """The download cache: ``$COCONET_CACHE`` or the OS cache folder for "coconet"."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path(pooch.os_cache("coconet"))
-
-
-def resolve_mirror(param: str = "") -> str | None:
-    """The mirror to read from: ``$COCONET_MIRROR`` wins over ``download.mirror``; None if unset."""
-    return os.environ.get(MIRROR_ENV) or param or None
-
-
-def mirror_base(mirror: str) -> str:
-    """A mirror as a base URL ending in ``/``; a plain folder becomes a ``file://`` URL."""
-    if "://" not in mirror:
-        folder = Path(mirror).expanduser().resolve()
-        if not folder.is_dir():
-            raise DownloadError(f"mirror {mirror}: no such directory ({folder})")
-        mirror = folder.as_uri()
-    return mirror.rstrip("/") + "/"
-
-
-def source_url(url: str, mirror: str | None) -> str:
-    """Where ``url`` is read from: itself, or ``MIRROR/HOST/PATH`` when a mirror is set."""
-    return mirror_base(mirror) + url_key(url) if mirror else url
-
-
-class LocalFileDownloader:
-    """pooch downloader for ``file://`` URLs: copies the file (pooch verifies and renames it)."""
-
-    def __call__(self, url: str, output_file, pooch_obj, check_only: bool = False):
-        path = Path(unquote(urlparse(url).path))
-        if check_only:
-            return path.is_file()
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file in the mirror")
-        if isinstance(output_file, str | Path):
-            shutil.copyfile(path, output_file)
-        else:
-            with path.open("rb") as src:
-                shutil.copyfileobj(src, output_file)
-
-
-def _downloader(url: str, progressbar: bool):
-    if url.startswith("file://"):
-        return LocalFileDownloader()
-    return pooch.HTTPDownloader(progressbar=progressbar, timeout=60)
-
-
-def fetch_all(
-    requests: Iterable[Request],
-    folder: Path,
-    mirror: str | None,
-    *,
-    workers: int = 8,
-    retries: int = 3,
-    desc: str = "download",
-    file_progress: bool = False,
-) -> dict[str, Path]:
-    """Fetch and verify files into ``folder/<key>`` several at a time; verified files are kept.
-
-    Raises :class:`DownloadError` naming the URL (and both hashes on a mismatch) once a file
-    has failed ``1 + retries`` attempts; pooch leaves nothing at the target in that case.
-    """
-    import requests as http  # pooch's HTTP client
-
-    requests = list(requests)
-    folder = Path(folder)
-    urls = {r.key: source_url(r.url, mirror) for r in requests}
-    store = pooch.create(
-        path=folder,
-        base_url="https://",
-        registry={r.key: r.known_hash for r in requests},
-        urls=urls,
-        retry_if_failed=retries,
-    )
-    for r in requests:  # pooch creates missing parents unsafely when threads race
-        (folder / r.key).parent.mkdir(parents=True, exist_ok=True)
-
-    def fetch(r: Request) -> Path:
-        src = urls[r.key]
-        where = r.url if src == r.url else f"{r.url} (read from {src})"
-        try:
-            return Path(store.fetch(r.key, downloader=_downloader(src, file_progress)))
-        except ValueError as exc:  # pooch: hash mismatch, naming the expected and actual hash
-            raise DownloadError(
-                f"{where}: checksum mismatch after {retries + 1} attempts: {exc}"
-            ) from exc
-        except http.RequestException as exc:  # retried by pooch: network, dropped connection
-            raise DownloadError(
-                f"cannot fetch {where} after {retries + 1} attempts: {exc}. {r.hint}".strip()
-            ) from exc
-        except OSError as exc:  # not retried: missing from a folder mirror, disk errors
-            raise DownloadError(f"cannot fetch {where}: {exc}. {r.hint}".strip()) from exc
-
-    paths: dict[str, Path] = {}
-    pooch.get_logger().setLevel(logging.WARNING)
-    with (
-        ThreadPoolExecutor(max_workers=workers) as pool,
-        tqdm(total=len(requests), desc=desc, unit="file", disable=not requests) as bar,
-    ):
-        futures = {pool.submit(fetch, r): r for r in requests}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                if future.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise future.exception()
-                paths[futures[future].key] = future.result()
-                bar.update(1)
-    return paths
 
 
 def _hash_hint(family: str) -> str:

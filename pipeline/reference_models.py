@@ -1,0 +1,56 @@
+"""Reference models: the authors' trained CoCoNet, fetched, verified, converted once and cached.
+
+``official`` is the catalogue's ``coconet/official`` weight (the official repository's
+``logs/latest.pth`` at a pinned commit, verified by its git blob id). It is converted with
+:func:`models.official.save_converted` into this project's checkpoint format; the VGG-19 layers
+the file lacks (conv4_1 .. conv5_4, used only by the contrastive loss) are filled with random
+weights and the converted file says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.catalogue import load_weights, url_key
+from pipeline.catalogue.fetch import MIRROR_ENV, Request, cache_dir, fetch_all, resolve_mirror
+
+OFFICIAL = "official"
+REFERENCE_MODELS = (OFFICIAL,)
+CONVERTED_VGG_FILL = "random"
+
+
+def _official_request() -> tuple[Request, str]:
+    weight = load_weights()[("coconet", OFFICIAL)]
+    hint = (
+        f"Offline? Set {MIRROR_ENV} (or download.mirror) to a mirror holding it, or convert a "
+        "copy you have with: coconet import-official PATH -o OUT.pt"
+    )
+    return Request(url_key(weight.url), weight.url, weight.known_hash, hint), weight.known_hash
+
+
+def fetch_official(mirror: str | None = None, retries: int = 3) -> Path:
+    """The official checkpoint file in the download cache (fetched and verified if needed)."""
+    request, _ = _official_request()
+    folder = cache_dir()
+    return fetch_all([request], folder, resolve_mirror(mirror or ""), workers=1, retries=retries)[
+        request.key
+    ]
+
+
+def official_checkpoint(
+    target: Path | None = None, mirror: str | None = None, retries: int = 3
+) -> Path:
+    """The official model converted to this project's format; converted once, then reused.
+
+    ``target`` defaults to ``$COCONET_CACHE/converted/coconet_official-<blob id>.pt``.
+    """
+    from models.official import save_converted
+
+    request, known_hash = _official_request()
+    blob = known_hash.split(":", 1)[1][:12]
+    target = target or cache_dir() / "converted" / f"coconet_official-{blob}.pt"
+    if target.is_file():
+        return target
+    raw = fetch_official(mirror, retries)
+    save_converted(raw, target, vgg_weights=CONVERTED_VGG_FILL)
+    return target
