@@ -34,6 +34,13 @@ def test_committed_params_follow_the_paper(tmp_path):
     assert params.train.batch_size == 30
     assert params.train.lr == pytest.approx(1e-4)
     assert params.patches.size == 64
+    # the adaptive loss and SSIM of the official code
+    assert (params.train.c1, params.train.c2) == (0.5, 0.75)
+    assert params.train.ssim_weight == 20.0
+    assert (params.train.ssim_window, params.train.ssim_sigma) == (11, 1.5)
+    assert params.train.contrastive_mode == "batch" and params.train.mse_range == "network"
+    assert params.train.ssim_padding == "zeros" and params.train.ssim_reduction == "batch"
+    assert params.train.gradient_padding == "zeros"
 
 
 def test_invalid_value_names_the_file_and_key(tmp_path):
@@ -65,3 +72,32 @@ def test_schema_defaults_equal_the_committed_params(tmp_path):
     """pipeline/core/params.py and params.yaml state the same defaults (no silent second copy)."""
     committed = load_params(committed_params_file(tmp_path))
     assert Params().model_dump(by_alias=True) == committed.model_dump(by_alias=True)
+
+
+def compose(schedule: str, tmp_path: Path) -> dict:
+    """params.yaml as ``dvc exp run -S schedule=<name>`` composes it from conf/ (DVC's Hydra)."""
+    from dvc.utils.hydra import compose_and_dump
+
+    out = tmp_path / f"{schedule}.yaml"
+    compose_and_dump(out, str(PROJECT_ROOT / "conf"), None, "config", "", [f"schedule={schedule}"])
+    return yaml.safe_load(out.read_text())
+
+
+def test_committed_params_are_the_composed_paper_schedule(tmp_path):
+    committed = yaml.safe_load(committed_params_file(tmp_path).read_text())
+    assert compose("paper", tmp_path) == committed
+
+
+@pytest.mark.parametrize("schedule", ["paper", "cpu", "quick"])
+def test_every_schedule_composes_to_valid_params(schedule, tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(compose(schedule, tmp_path)))
+    params = load_params(path)
+    if schedule != "paper":  # the offline schedules need no network
+        assert params.download.vgg19 == params.download.sam == params.download.official == "none"
+        assert params.model.vgg_weights == "random" and params.masks.method == "ir_saliency"
+
+
+def test_dvc_composes_params_with_hydra():
+    config = (PROJECT_ROOT / ".dvc" / "config").read_text()
+    assert "[hydra]" in config and "enabled = true" in config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +34,7 @@ class DownloadParams(_Section):
     retries: int = Field(3, ge=0)
     vgg19: Literal["imagenet", "none"] = "imagenet"
     sam: Literal["vit_b", "vit_l", "vit_h", "none"] = "vit_b"
+    official: Literal["latest", "none"] = "latest"
 
 
 class ModelParams(_Section):
@@ -80,12 +82,22 @@ class TrainParams(_Section):
     ssim_sigma: float = Field(1.5, gt=0)
     num_workers: int = Field(0, ge=0)
     log_every: int = Field(10, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    init_from: str | None = None
+    contrastive_mode: Literal["batch", "per_sample"] = "batch"
+    mse_range: Literal["network", "unit"] = "network"
+    ssim_padding: Literal["zeros", "reflect"] = "zeros"
+    ssim_reduction: Literal["batch", "sample"] = "batch"
+    gradient_padding: Literal["zeros", "replicate"] = "zeros"
 
 
 class EvaluateParams(_Section):
     convention: Literal["matlab", "cddfuse"] = "matlab"
     max_pairs: int | None = Field(None, ge=1)
     gallery_pairs: int = Field(8, ge=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    max_memory: str | None = None
+    references: Literal["auto"] | list[Literal["official"]] = "auto"
 
 
 class RegisterParams(_Section):
@@ -116,13 +128,26 @@ class ParamsError(CoconetError, ValueError):
     """params.yaml is missing, unreadable or invalid."""
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read and validate ``params.yaml``; errors name the file and the offending keys."""
+SECTIONS = tuple(field.alias or name for name, field in Params.model_fields.items())
+
+
+def load_params(path: str | Path = PARAMS_FILE, require: Iterable[str] = ()) -> Params:
+    """Read and validate ``params.yaml``; errors name the file and the offending keys.
+
+    ``require`` names sections the file must hold (a stage's own): a missing one is an error
+    rather than a silent run with the defaults (the paper's full schedule, for ``train``).
+    """
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ParamsError(f"{path}: cannot read params: {exc}") from exc
+    for section in require:
+        if not isinstance(raw, dict) or section not in raw:
+            raise ParamsError(
+                f"{path}: no '{section}' section (the {section} stage reads its settings from "
+                "it; copy it from the committed params.yaml)"
+            )
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
