@@ -18,11 +18,11 @@ from models.coconet import CoCoNet
 from models.scaling import to_signed, to_unit
 from pipeline.core.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from pipeline.core.errors import CoconetError
-from pipeline.core.imageio import (
-    IMAGE_SUFFIXES,
+from pipeline.core.imageio import (  # noqa: F401  (pair/output checks, torch-free, re-exported)
     ImageError,
-    match_pairs,
-    read_image,
+    check_output,
+    plan_directory,
+    read_pair,
     to_grey,
     write_image,
 )
@@ -59,7 +59,44 @@ def _state_dict_from(checkpoint: Any, source: str) -> tuple[dict[str, torch.Tens
         raise ModelLoadError(
             f"{source}: no model weights found (expected a 'state_dict' or 'model' entry)"
         )
+    check_finite(state, source)
     return state, vgg_weights
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or infinity (a diverged training), naming the first tensor.
+
+    One fused norm per tensor screens them all (milliseconds, where ``isfinite`` on each
+    takes over a second on a CPU); only a non-finite norm is looked at element by element.
+    """
+    floats = {name: t for name, t in state.items() if t.is_floating_point()}
+    if not floats:
+        return
+    norms = torch._foreach_norm(list(floats.values()))
+    if bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
+        return
+    for name, tensor in floats.items():
+        if not bool(torch.isfinite(tensor).all()):  # not a finite norm that overflowed
+            raise ModelLoadError(
+                f"{source}: non-finite weights (NaN or inf) in {name}; the training that wrote "
+                "it diverged, so it would fuse to a blank image (retrain, e.g. with a lower "
+                "train.lr)"
+            )
+
+
+def checkpoint_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, metadata) of a checkpoint file, read with ``weights_only=True``.
+
+    The metadata holds ``vgg_weights`` and, for a converted official checkpoint, ``official``
+    (which VGG-19 layers the file set).
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a bad file
+        raise ModelLoadError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    state, vgg_weights = _state_dict_from(checkpoint, str(path))
+    meta = {"vgg_weights": vgg_weights, "official": checkpoint.get("official", {})}
+    return state, meta
 
 
 def load_checkpoint_model(path: str | Path) -> CoCoNet:
@@ -74,11 +111,8 @@ def load_checkpoint_model(path: str | Path) -> CoCoNet:
             f"{path}: no such model file (train one with `uv run dvc repro train`, or pass "
             "--model with a checkpoint path or an MLflow URI such as models:/coconet@champion)"
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many types for a bad file
-        raise ModelLoadError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
-    state, vgg_weights = _state_dict_from(checkpoint, str(path))
+    state, meta = checkpoint_state(path)
+    vgg_weights = meta["vgg_weights"]
     with torch.device("meta"):
         model = CoCoNet(vgg_weights="random")
     try:
@@ -92,22 +126,34 @@ def load_checkpoint_model(path: str | Path) -> CoCoNet:
 
 
 def load_mlflow_model(uri: str) -> CoCoNet:
-    """A CoCoNet from an MLflow model URI (``models:/coconet@champion``, ``runs:/<id>/model``)."""
-    import mlflow
+    """A CoCoNet from an MLflow model URI (``models:/coconet@champion``, ``runs:/<id>/model``).
+
+    The store is checked first (:func:`pipeline.tracking.experiment.connect`: it must exist and
+    belong to this project); the model folder is downloaded and read by
+    :mod:`pipeline.tracking.pyfunc_model`: safetensors weights and a JSON config, nothing
+    unpickled and no code from the store run.
+    """
+    import os
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
-    from pipeline.core.params import PARAMS_FILE, TrackingParams, load_params
-    from pipeline.tracking.experiment import resolve_tracking_uri
+    from pipeline.core.params import PROJECT_ROOT
+    from pipeline.tracking import pyfunc_model
+    from pipeline.tracking.experiment import connect
 
-    tracking = load_params().tracking if PARAMS_FILE.is_file() else TrackingParams()
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking.uri))
-    try:
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
-    except (MlflowException, OSError) as exc:
-        raise ModelLoadError(f"{uri}: cannot load the MLflow model ({exc})") from exc
-    if not isinstance(model, CoCoNet):
-        raise ModelLoadError(f"{uri}: not a CoCoNet model ({type(model).__name__})")
-    return model.eval()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory(prefix="coconet-model-") as tmp:
+        try:
+            connect(PROJECT_ROOT)
+            folder = download_artifacts(artifact_uri=uri, dst_path=tmp)
+            return pyfunc_model.load_model_dir(folder)
+        except (MlflowException, OSError) as exc:
+            detail = getattr(exc, "message", None) or str(exc)
+            raise ModelLoadError(f"{uri}: cannot load the MLflow model ({detail})") from exc
+        except CoconetError as exc:  # name files inside the model, not the temporary copy
+            raise ModelLoadError(f"{uri}: {str(exc).replace(tmp + os.sep, '')}") from exc
 
 
 def load_fusion_model(source: str, device: str | torch.device = "cpu") -> CoCoNet:
@@ -153,44 +199,6 @@ def fuse_arrays(model: CoCoNet, vis: np.ndarray, ir: np.ndarray) -> np.ndarray:
     return ycbcr_to_rgb(ycbcr)
 
 
-def _size(image: np.ndarray) -> str:
-    return f"{image.shape[1]}x{image.shape[0]}"
-
-
-def read_pair(vis_path: Path, ir_path: Path, resize: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Read a pair; differing sizes are an error naming both (or, with ``resize``, the infrared
-    image is resized to the visible size)."""
-    vis, ir = read_image(vis_path), read_image(ir_path)
-    if vis.shape[:2] != ir.shape[:2]:
-        if not resize:
-            raise ImageError(
-                f"{ir_path} is {_size(ir)} but {vis_path} is {_size(vis)} (width x height); "
-                "pass --resize to resize the infrared image to the visible size"
-            )
-        import cv2
-
-        height, width = vis.shape[:2]
-        shrink = ir.shape[0] * ir.shape[1] > height * width
-        ir = cv2.resize(
-            ir, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
-        )
-        ir = np.clip(ir, 0.0, 1.0)
-    return vis, ir
-
-
-def check_output(path: Path, colour: bool, bits: int) -> None:
-    """Fail early where the output format cannot hold the result."""
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise ImageError(
-            f"{path}: unsupported output format (use one of {', '.join(IMAGE_SUFFIXES)})"
-        )
-    if bits == 16 and suffix not in (".png", ".tif", ".tiff"):
-        raise ImageError(f"{path}: 16-bit output needs a .png or .tif file")
-    if bits == 16 and colour and suffix == ".png":
-        raise ImageError(f"{path}: 16-bit colour output needs a .tif file")
-
-
 def fuse_files(
     model: CoCoNet,
     vis_path: Path,
@@ -199,31 +207,11 @@ def fuse_files(
     resize: bool = False,
     bits: int = 8,
 ) -> Path:
-    """Fuse one pair of files into ``out_path`` (written atomically)."""
+    """Fuse one pair of files into ``out_path`` (written atomically; a failed write raises
+    ImageError naming ``out_path``)."""
     vis, ir = read_pair(Path(vis_path), Path(ir_path), resize)
     check_output(Path(out_path), vis.ndim == 3, bits)
     return write_image(out_path, fuse_arrays(model, vis, ir), bits=bits)
-
-
-def plan_directory(
-    vis_dir: Path,
-    ir_dir: Path,
-    out_dir: Path,
-    suffix: str = ".png",
-    resize: bool = False,
-    bits: int = 8,
-) -> list[tuple[Path, Path, Path]]:
-    """Match pairs by name and check every pair before anything is written.
-
-    Returns (visible, infrared, output) paths; a bad pair raises before any output exists.
-    """
-    plan = []
-    for name, paths in match_pairs(vis=vis_dir, ir=ir_dir):
-        vis, _ = read_pair(paths["vis"], paths["ir"], resize)
-        out = Path(out_dir) / f"{name}{suffix}"
-        check_output(out, vis.ndim == 3, bits)
-        plan.append((paths["vis"], paths["ir"], out))
-    return plan
 
 
 def fuse_directory(

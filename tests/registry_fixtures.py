@@ -1,5 +1,6 @@
 """Helpers shared by the register/lineage/flow tests: a fake project tree (indexes, dvc.lock,
-metrics) and a training run with a tiny logged PyTorch model in a throwaway MLflow store."""
+metrics) and a training run with a model logged in the registry format (safetensors + JSON
+config, :mod:`pipeline.tracking.pyfunc_model`) in a throwaway MLflow store."""
 
 from __future__ import annotations
 
@@ -80,10 +81,15 @@ def make_project(root: Path, metrics: dict[str, float], test_salt: str = "") -> 
     return root
 
 
-def log_training_run(root: Path, tracking_uri: str, experiment: str = "coconet") -> dict:
-    """A finished MLflow run holding a tiny PyTorch model; writes artifacts/train_run.json."""
+def log_training_run(
+    root: Path, tracking_uri: str, experiment: str = "coconet", model=None
+) -> dict:
+    """A finished MLflow run holding a model in the registry format (``model``, default a tiny
+    ``Linear`` that only registers, never loads as CoCoNet); writes artifacts/train_run.json."""
     import mlflow
     import torch
+
+    from pipeline.tracking import pyfunc_model
 
     mlflow.set_tracking_uri(tracking_uri)
     exp = mlflow.get_experiment_by_name(experiment)
@@ -92,17 +98,14 @@ def log_training_run(root: Path, tracking_uri: str, experiment: str = "coconet")
     with mlflow.start_run(experiment_id=exp_id) as run:
         mlflow.log_param("train.lr", 0.0001)
         mlflow.log_metric("epoch_loss", 0.5)
-        info = mlflow.pytorch.log_model(
-            torch.nn.Linear(2, 1),
-            name="model",
-            serialization_format="pickle",
-            pip_requirements=["torch"],
-        )
+        config = {"vgg_weights": "random", "params_digest": "0" * 64}
+        info = pyfunc_model.log_model(model or torch.nn.Linear(2, 1), config, ["torch"])
     record = {
         "run_id": run.info.run_id,
         "experiment_id": exp_id,
         "tracking_uri": tracking_uri,
         "model_uri": info.model_uri,
+        "run_model_uri": f"runs:/{run.info.run_id}/model",
         "params_digest": "0" * 64,
     }
     (root / "artifacts").mkdir(exist_ok=True)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +15,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.core.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from pipeline.core.imageio import read_image, write_image
+from pipeline.core.params import PROJECT_ROOT
 from pipeline.inference import ModelLoadError, fuse_arrays, load_fusion_model
 
 runner = CliRunner()
@@ -89,14 +94,14 @@ def test_bad_checkpoints(tmp_path):
 
 def test_mlflow_model_uri(random_model, tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
+    from pipeline.tracking import pyfunc_model
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
-        mlflow.pytorch.log_model(
-            random_model, name="model", serialization_format="pickle", pip_requirements=["torch"]
-        )
+        pyfunc_model.log_model(random_model, {"vgg_weights": "random"}, ["torch"])
     version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "fusion")
     mlflow.MlflowClient().set_registered_model_alias("fusion", "champion", version.version)
     vis, ir = _rand((16, 16), 7), _rand((16, 16), 8)
@@ -245,3 +250,66 @@ def test_model_summary_command():
     assert "6,789,764" in result.output and "20,023,232" in result.output
     assert "MACs at 64x48" in result.output
     assert _invoke("model", "--vgg-weights", "random", "--size", "big").exit_code != 0
+
+
+# --- fast failures: nothing heavy is imported before the arguments are checked -----------
+
+HEAVY = ("torch", "mlflow", "prefect")
+# Runs the real entry point (plugins included) once per argument list, in one fresh process,
+# and reports each command's exit code, output and the heavy modules imported so far.
+REPORTER = """
+import contextlib, io, json, sys
+from pipeline.cli import main
+argvs, names, report = json.loads(sys.argv[1]), json.loads(sys.argv[2]), []
+for argv in argvs:
+    sys.argv = ["coconet", *argv]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    heavy = sorted(m for m in names if m in sys.modules)
+    output = out.getvalue() + err.getvalue()
+    report.append({"argv": argv, "code": code, "output": output, "heavy": heavy})
+print(json.dumps(report))
+"""
+
+
+def test_help_and_bad_input_fail_before_heavy_imports(tmp_path):
+    ir, vis = tmp_path / "ir.png", tmp_path / "vis.png"
+    write_image(ir, _rand((16, 16), 1))
+    rgba = (_rand((16, 16, 4), 2) * 255).astype(np.uint8)
+    rgba[..., 3] = 100
+    Image.fromarray(rgba, "RGBA").save(vis)
+    missing = tmp_path / "missing.png"
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    fuse = ["fuse", "--model", "artifacts/model.pt"]
+    commands = {
+        "help": (["--help"], 0, "metrics"),
+        "missing input": ([*fuse, "--ir", missing, "--vis", missing, "-o", tmp_path / "o.png"],
+                          1, f"{missing}: no such file"),
+        "output folder": ([*fuse, "--ir", ir, "--vis", vis, "-o", out_dir], 1, "is a folder"),
+        "missing model": (["fuse", "--model", tmp_path / "none.pt", "--ir", ir, "--vis", vis,
+                           "-o", tmp_path / "o.png"], 1, "none.pt: no such model file"),
+        "bad size": (["model", "--size", "big"], 2, "--size must look like"),
+        "metrics args": (["metrics", "--ir", ir], 2, "give all three"),
+    }  # fmt: skip
+    argvs = [[str(a) for a in argv] for argv, _, _ in commands.values()]
+    result = subprocess.run(
+        [sys.executable, "-c", REPORTER, json.dumps(argvs), json.dumps(HEAVY)],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    for (name, (_, code, needle)), got in zip(commands.items(), report, strict=True):
+        assert got["heavy"] == [], f"{name}: imported {got['heavy']}"
+        assert got["code"] == code, (name, got)
+        assert needle in got["output"], (name, got["output"])
+    transparent = report[3]["output"]  # inputs are read (and reported) before the model
+    assert f"warning: {vis}: has transparent pixels" in transparent, transparent

@@ -1,20 +1,50 @@
-"""Lineage audit: the recorded chain survives deleted inputs; --verify detects drift."""
+"""Lineage audit: the recorded chain survives deleted inputs; --verify re-hashes the bytes as
+DVC does (checked against a dvc.lock written by DVC) and detects drift; no store, no audit."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 from registry_fixtures import log_training_run, make_project
+from typer.testing import CliRunner
 
+from pipeline.cli import app
 from pipeline.core.params import load_params
 from pipeline.core.paths import ProjectPaths
 from pipeline.stages import register as reg
 from pipeline.tracking import lineage
 
 METRICS = {"VIF": 0.6, "Qabf": 0.5, "SSIM": 0.7}
+
+
+def dvc_build_md5(root: Path, paths: list[str]) -> dict[str, str]:
+    """The md5s DVC's own hashing (``dvc_data`` build) gives ``paths``: the reference."""
+    from dvc.repo import Repo
+    from dvc_data.hashfile.build import build
+
+    with Repo(str(root)) as repo:
+        return {
+            p: build(repo.cache.local, str(root / p), repo.fs, "md5", ignore=repo.dvcignore)[
+                2
+            ].hash_info.value
+            for p in paths
+        }
+
+
+def flip_first_byte_keep_mtime(path: Path) -> None:
+    """Change one byte in place (same inode and size) and put the modification time back."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 @pytest.fixture()
@@ -29,7 +59,7 @@ def project(tmp_path, monkeypatch):
         (root / f"data/raw/tno40/{name}.png").write_bytes(name.encode() * 10)
     (root / "artifacts/model.pt").parent.mkdir(exist_ok=True)
     (root / "artifacts/model.pt").write_bytes(b"weights")
-    hashes = lineage.local_md5(root, ["data/raw", "artifacts/model.pt"])
+    hashes = dvc_build_md5(root, ["data/raw", "artifacts/model.pt"])
     assert hashes["data/raw"].endswith(".dir")
     lock = {
         "schema": "2.0",
@@ -117,3 +147,75 @@ def test_summary_fits_one_screen_and_pairs_add_the_detail(project):
     body = json.loads(as_json.output)
     assert body["datasets"] == recorded["datasets"] and body["verify"] is None
     assert {p["ir_sha256"] for d in body["datasets"] for p in d["pairs"]} >= {sha}
+
+
+def verify_cli(root: Path):
+    return CliRunner().invoke(app, ["lineage", "--verify", "--root", str(root)])
+
+
+def test_verify_hashes_the_bytes_not_the_mtime(project):
+    root, _ = project
+    assert verify_cli(root).exit_code == 0  # DVC's state cache now knows the file's mtime
+    flip_first_byte_keep_mtime(root / "data/raw/tno40/a.png")
+    result = verify_cli(root)
+    assert result.exit_code == 1, result.output
+    assert "DRIFT data/raw" in result.output and "ok    artifacts/model.pt" in result.output
+
+
+def test_verify_ok_again_after_cp_a_restore(project, tmp_path):
+    from dvc.repo import Repo
+
+    root, _ = project
+    with Repo(str(root)) as repo:
+        shutil.rmtree(repo.site_cache_dir)  # DVC forgets the hashes it knew (its state cache)
+    target, backup = root / "data/raw/tno40/a.png", tmp_path / "a.png.orig"
+    shutil.copy2(target, backup)
+    flip_first_byte_keep_mtime(target)
+    assert verify_cli(root).exit_code == 1
+    subprocess.run(["cp", "-a", str(backup), str(target)], check=True)  # same inode and mtime
+    result = verify_cli(root)
+    assert result.exit_code == 0, result.output
+    assert "ok    data/raw" in result.output
+
+
+def test_hashes_match_a_dvc_lock_written_by_dvc(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
+    (root / ".dvcignore").write_text("*.tmp\n")
+    files = {
+        "out/a.bin": bytes(range(256)) * 40,
+        "out/sub/b.txt": b"x\r\ny\n",  # DVC 3 hashes text as it is (no dos2unix)
+        "out/sub/deeper/c": b"",
+        "out/\u00e9t\u00e9 d.png": b"\x89PNG",
+        "out/skip.tmp": b"ignored by .dvcignore",
+        "single.h5": b"h5" * 3000,
+    }
+    (root / "make.py").write_text(
+        "from pathlib import Path\n"
+        f"for rel, data in {files!r}.items():\n"
+        "    Path(rel).parent.mkdir(parents=True, exist_ok=True)\n"
+        "    Path(rel).write_bytes(data)\n"
+    )
+    stage = {"cmd": f"{sys.executable} make.py", "deps": ["make.py"], "outs": ["out", "single.h5"]}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"make": stage}}))
+    subprocess.run([*dvc, "repro", "-q"], cwd=root, env=env, check=True)
+    outs = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["make"]["outs"]
+    recorded = {o["path"]: o["md5"] for o in outs}
+    assert recorded["out"].endswith(".dir") and len(recorded) == 2
+    assert lineage.local_md5(root, sorted(recorded)) == recorded
+    assert lineage.local_md5(root, ["nothing"]) == {"nothing": None}
+
+
+def test_lineage_without_a_store_refuses_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "params.yaml").write_text("model:\n  vgg_weights: random\n")
+    before = sorted(tmp_path.rglob("*"))
+    result = CliRunner().invoke(app, ["lineage", "--verify", "--root", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    db = tmp_path.resolve() / "mlflow.db"
+    assert f"{db}: no MLflow store here" in result.output
+    assert "run the pipeline first" in result.output and "MLFLOW_TRACKING_URI" in result.output
+    assert sorted(tmp_path.rglob("*")) == before

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from registry_fixtures import log_training_run, make_project
 
 from pipeline.core.params import Params
@@ -116,11 +118,15 @@ def test_register_promotes_by_rule_and_records_lineage(tmp_path, tracking_env):
     assert client.get_model_version_by_alias("coconet", "champion").version == 1
     assert client.get_model_version("coconet", "2").tags["promotion.decision"] == "challenger"
 
-    # a better one takes the champion alias; the model loads through the alias
+    # a better one takes the champion alias; its model folder comes through the alias
     (root / "reports/metrics.json").write_text(json.dumps({**GOOD, "VIF": 0.9, "Nabf": 0.01}))
     log_training_run(root, tracking_env)
     third = reg.run(PARAMS, ProjectPaths(root))
     assert third["alias"] == "champion"
     assert client.get_model_version_by_alias("coconet", "champion").version == 3
-    model = mlflow.pytorch.load_model("models:/coconet@champion")
-    assert model.in_features == 2
+    folder = Path(
+        mlflow.artifacts.download_artifacts("models:/coconet@champion", dst_path=tmp_path / "dl")
+    )
+    flavor = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["loader_module"] == "pipeline.tracking.pyfunc_model"
+    assert (folder / flavor["data"] / "model.safetensors").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
@@ -125,3 +126,25 @@ def test_git_state_ignores_dvc_lock(tmp_path):
     assert tracking.git_state(tmp_path) == (commit, False)
     (tmp_path / "code.py").write_text("x = 2\n")
     assert tracking.git_state(tmp_path) == (commit, True)
+
+
+def test_connect_refuses_a_missing_store_and_allows_a_configured_outside_artifact_root(
+    tmp_path, monkeypatch
+):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "proj"
+    root.mkdir()
+    with pytest.raises(tracking.StoreError, match="no MLflow store here"):
+        tracking.connect(root)
+    assert list(root.iterdir()) == []
+    shared = (tmp_path / "shared-artifacts").as_uri()  # an explicit choice, not a copy
+    params = Params.model_validate({"tracking": {"experiment": "e", "artifact_root": shared}})
+    experiment_id = tracking.setup_experiment(params, root)
+    assert (root / "mlflow.db").is_file()
+    assert mlflow.get_experiment(experiment_id).artifact_location == shared
+    assert tracking.connect(root, params.tracking) == f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # the next root does not inherit this one
+    with pytest.raises(tracking.StoreError, match="outside this project"):
+        tracking.connect(root)  # the default artifact_root: the artifacts should be inside

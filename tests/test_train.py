@@ -85,7 +85,9 @@ def test_two_phase_training_writes_every_output(project, tiny_params):
     history = mlflow.MlflowClient().get_metric_history(record["run_id"], "step_loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
 
-    loaded = mlflow.pytorch.load_model(record["run_model_uri"], map_location="cpu")
+    from pipeline.inference import load_mlflow_model
+
+    loaded = load_mlflow_model(record["run_model_uri"])
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, saved["state_dict"][key]), key
 
@@ -241,3 +243,92 @@ def test_training_on_cuda_with_mixed_precision(project, tiny_params):
     state = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(project.checkpoints))
     assert "cuda" in state["rng"][0]
     assert all(v.device.type == "cpu" for v in model_state(project).values())
+
+
+# --- a run killed before its first checkpoint; a params file without the train section ------
+
+KILLED_TRAINING = """
+import os, signal, sys
+from pathlib import Path
+import yaml
+import torch
+from pipeline.core.params import Params
+from pipeline.core.paths import ProjectPaths
+from pipeline.training.distributed import Runtime
+from pipeline.training.run_tracking import RunTracker
+params = Params.model_validate(yaml.safe_load(Path(sys.argv[1]).read_text()))
+tracker = RunTracker(params, ProjectPaths(Path(sys.argv[2])), Runtime(torch.device("cpu")))
+tracker.start()
+print(tracker.run_id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # killed before the first checkpoint
+"""
+
+
+def test_run_killed_before_its_first_checkpoint_is_marked_killed(
+    project, tiny_params, mlflow_store, tmp_path_factory
+):
+    import socket
+
+    import mlflow
+
+    params = tiny_params(phase2_epochs=0)
+    params_file = tmp_path_factory.mktemp("params") / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params.model_dump(mode="json", by_alias=True)))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_TRAINING, str(params_file), str(project.root)],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    stale = killed.stdout.split()[0]
+    assert mlflow.get_run(stale).info.status == "RUNNING"
+
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name(params.tracking.experiment).experiment_id
+    elsewhere = client.create_run(experiment, tags={"project_root": "/some/other/checkout"})
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        live = client.create_run(
+            experiment,
+            tags={
+                "project_root": str(project.root.resolve()),
+                "train_host": socket.gethostname(),
+                "train_pid": str(sleeper.pid),
+            },
+        )
+        record = train.run(params, project, cpu=True)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert mlflow.get_run(stale).info.status == "KILLED"
+    assert mlflow.get_run(record["run_id"]).info.status == "FINISHED"
+    assert mlflow.get_run(elsewhere.info.run_id).info.status == "RUNNING"  # another checkout's
+    assert mlflow.get_run(live.info.run_id).info.status == "RUNNING"  # its process still runs
+
+
+def test_params_file_without_the_stage_section_is_refused(tmp_path, tiny_params, capsys):
+    from pipeline.core.params import ParamsError, load_params
+    from pipeline.core.stage import stage_main
+    from pipeline.stages import patches
+
+    sections = tiny_params().model_dump(mode="json", by_alias=True)
+    for section in ("train", "patches"):
+        del sections[section]
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(sections))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.stages.train", "--params", params_file,
+         "--root", tmp_path],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"error: {params_file}: no 'train' section" in result.stderr, result.stderr
+    assert not (tmp_path / "artifacts").exists()
+
+    with pytest.raises(SystemExit) as exit_info:  # every stage requires its own section
+        stage_main(patches.run, "patches", ["--params", str(params_file), "--root", str(tmp_path)])
+    assert exit_info.value.code == 1
+    assert f"{params_file}: no 'patches' section" in capsys.readouterr().err
+    assert load_params(params_file).evaluate.convention == "matlab"  # other sections: defaults
+    with pytest.raises(ParamsError, match="no 'train' section"):
+        load_params(params_file, require=["train"])

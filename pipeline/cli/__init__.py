@@ -12,8 +12,8 @@ from importlib.metadata import entry_points
 
 import typer
 
-from pipeline.cli import stages, tools  # noqa: F401  (register their commands)
-from pipeline.cli.app import app
+from pipeline.cli import official, stages, tools  # noqa: F401  (register their commands)
+from pipeline.cli.app import app, report_warnings
 from pipeline.core.errors import CoconetError
 
 COMMANDS_GROUP = "coconet.commands"
@@ -30,6 +30,7 @@ load_plugins()
 
 def main() -> None:
     """Entry point that turns expected user errors into one-line messages."""
+    report_warnings()
     try:
         app()
     except (CoconetError, FileNotFoundError) as exc:

@@ -6,6 +6,7 @@ Heavy modules (torch, mlflow, prefect) are imported inside each command so that
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -28,3 +29,25 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print an error to stderr and exit non-zero."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+class WarningLines(logging.Handler):
+    """Prints each distinct warning once, as one ``warning: ...`` line on stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.seen:
+            self.seen.add(message)
+            typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+
+
+def report_warnings(logger: str = "pipeline") -> None:
+    """Show the project's logged warnings (e.g. an ignored alpha channel) as ``warning:`` lines."""
+    target = logging.getLogger(logger)
+    if not any(isinstance(h, WarningLines) for h in target.handlers):
+        target.addHandler(WarningLines())
+        target.propagate = False

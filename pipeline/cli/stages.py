@@ -21,7 +21,7 @@ def _run_stage(stage: str, params_file: Path, root: Path | None, **kwargs: Any) 
 
     module = importlib.import_module(f"pipeline.stages.{stage}")
     try:
-        params = load_params(params_file)
+        params = load_params(params_file, require=(stage,))
         return module.run(params, ProjectPaths((root or PROJECT_ROOT).resolve()), **kwargs)
     except (CoconetError, FileNotFoundError) as exc:
         fail(str(exc))

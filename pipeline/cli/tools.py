@@ -1,4 +1,8 @@
-"""``coconet`` commands for users' own images and models: fuse, model, metrics, lineage."""
+"""``coconet`` commands for users' own images and models: fuse, model, metrics, lineage.
+
+Each command checks its arguments and inputs before importing anything heavy (torch, mlflow),
+so a mistake is reported at once.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.app import ParamsOption, RootOption, app, fail
-from pipeline.core.imageio import ImageError
 from pipeline.core.params import PARAMS_FILE
+
+DEVICES = ("auto", "cpu", "cuda")
 
 # --- metrics (pipeline/metrics.py, pipeline/metrics_report.py) ----------------------------
 
@@ -48,9 +53,6 @@ def metrics(
     whose images pair up by file name; folders print one row per image and the mean.
     Each metric's formula and reference: the docstrings of pipeline/metrics.py.
     """
-    import json
-
-    from pipeline.evaluation import scoring as report
     from pipeline.metrics import CONVENTIONS
 
     if convention not in CONVENTIONS:
@@ -64,6 +66,11 @@ def metrics(
         fail("give all three of --ir, --vis and --fused (or the three --*-dir folders)", 2)
     if not is_single and not all(folders):
         fail("give all three of --ir-dir, --vis-dir and --fused-dir", 2)
+    import json
+
+    from pipeline.core.imageio import ImageError
+    from pipeline.evaluation import scoring as report
+
     try:
         if is_single:
             scored = [report.score_files(ir, vis, fused, convention)]
@@ -114,13 +121,10 @@ def fuse(
     """Fuse an infrared/visible pair (--ir --vis -o OUT) or two folders (--ir-dir --vis-dir -o DIR).
 
     Folder pairs match by file name. A colour visible image gives a colour result (fused in
-    YCbCr). Inputs may be 8- or 16-bit PNG/BMP/JPG/TIFF. Every pair is checked before anything
-    is written, and each output file is written atomically.
+    YCbCr). Inputs may be 8- or 16-bit PNG/BMP/JPG/TIFF. The inputs, the output location and
+    the model file are checked before the model is loaded and nothing overwrites an input;
+    each output file is written atomically.
     """
-    from rich.progress import track
-
-    from pipeline import inference as fusion
-
     single, folders = (ir, vis), (ir_dir, vis_dir)
     if any(single) and any(folders):
         fail("give either --ir/--vis or --ir-dir/--vis-dir, not both", 2)
@@ -130,25 +134,52 @@ def fuse(
         fail("give the output with -o (a file for one pair, a folder for --ir-dir/--vis-dir)", 2)
     if bits not in (8, 16):
         fail(f"--bits must be 8 or 16, not {bits}", 2)
+    if device not in DEVICES:
+        fail(f"--device must be one of {', '.join(DEVICES)}, not {device!r}", 2)
+
+    from pipeline.core import imageio
+
     try:
         if all(single):
-            fusion.read_pair(vis, ir, resize)  # check the inputs before loading the model
-            net = fusion.load_fusion_model(model, device)
-            fusion.fuse_files(net, vis, ir, output, resize, bits)
-            typer.echo(f"wrote {output}")
+            imageio.check_not_input(output, (ir, vis))
+            imageio.check_output_location(output)
+            vis_image, ir_image = imageio.read_pair(vis, ir, resize)
+            imageio.check_output(output, vis_image.ndim == 3, bits)
         else:
-            plan = fusion.plan_directory(
+            plan = imageio.plan_directory(
                 vis_dir, ir_dir, output, f".{ext.lstrip('.')}", resize, bits
             )
-            net = fusion.load_fusion_model(model, device)
+    except imageio.ImageError as exc:
+        fail(str(exc))
+    _check_model_source(model)
+
+    from rich.progress import track
+
+    from pipeline import inference as fusion
+
+    try:
+        net = fusion.load_fusion_model(model, device)
+        if all(single):
+            imageio.write_image(output, fusion.fuse_arrays(net, vis_image, ir_image), bits=bits)
+            typer.echo(f"wrote {output}")
+        else:
 
             def progress(items):
                 return track(items, description="fusing", total=len(plan), transient=True)
 
             fusion.fuse_directory(net, plan, resize, bits, progress)
             typer.echo(f"wrote {len(plan)} fused images to {output}")
-    except (ImageError, fusion.ModelLoadError) as exc:
+    except (imageio.ImageError, fusion.ModelLoadError) as exc:
         fail(str(exc))
+
+
+def _check_model_source(source: str) -> None:
+    """A --model that is neither a URI (``scheme:/...``) nor an existing file fails at once."""
+    if ":/" not in source and not Path(source).is_file():
+        fail(
+            f"{source}: no such model file (train one with `uv run dvc repro train`, or pass "
+            "--model with a checkpoint path or an MLflow URI such as models:/coconet@champion)"
+        )
 
 
 @app.command("model")
@@ -166,12 +197,6 @@ def model_summary(
     params_file: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Print CoCoNet's architecture summary: parameters (trainable, frozen) and MACs at --size."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from models.coconet import CoCoNet
-    from models.summary import summary
-    from models.vgg import VGGWeightsError
     from pipeline.core.params import load_params
 
     try:
@@ -181,6 +206,14 @@ def model_summary(
     except ValueError:
         fail(f"--size must look like 640x480, not {size!r}", 2)
     weights = vgg_weights or load_params(params_file).model.vgg_weights
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from models.coconet import CoCoNet
+    from models.summary import summary
+    from models.vgg import VGGWeightsError
+
     try:
         net = CoCoNet(vgg_weights=weights)
     except VGGWeightsError as exc:
@@ -217,7 +250,7 @@ def lineage(
     ] = False,
     verify: Annotated[
         bool,
-        typer.Option("--verify", help="Re-hash local data and outputs; exit 1 on any drift."),
+        typer.Option("--verify", help="Re-hash the local data and outputs; exit 1 on any drift."),
     ] = False,
     root: RootOption = None,
 ) -> None:
@@ -226,15 +259,17 @@ def lineage(
     Prints a one-screen summary (model, run, git commit, params digest, dvc.lock hashes per
     stage, VGG weights, pairs per dataset and split with their mask methods, evaluation means);
     --pairs adds the per-pair detail. Read from what register recorded in MLflow, so it
-    survives deleted local data. --verify recomputes DVC's md5 of each recorded path (and the
-    params digest) and reports drift.
+    survives deleted local data. --verify re-hashes the bytes of each recorded path as DVC does
+    (md5, .dir for folders; never DVC's mtime-keyed cache) and the params digest, and reports
+    drift. Refuses, creating nothing, when the MLflow store does not exist.
     """
+    from pipeline.core.errors import CoconetError
     from pipeline.core.params import PROJECT_ROOT
-    from pipeline.tracking.lineage import LineageError, audit
+    from pipeline.tracking.lineage import audit
 
     try:
         text, drift = audit(target, as_json, verify, (root or PROJECT_ROOT).resolve(), pairs=pairs)
-    except LineageError as exc:
+    except CoconetError as exc:  # no store, another copy's store, no such model or run
         fail(str(exc))
     typer.echo(text)
     if drift:

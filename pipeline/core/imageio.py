@@ -1,10 +1,15 @@
-"""Reading and writing images: 8/16-bit grey or colour PNG/BMP/JPG/TIFF, written atomically."""
+"""Reading and writing images: 8/16-bit grey or colour PNG/BMP/JPG/TIFF, written atomically.
+
+Also the checks a fusion run makes before it loads a model: input pairs, output locations and
+output formats. Nothing here imports torch, so a bad argument fails fast.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +20,8 @@ from pipeline.core.errors import CoconetError
 
 IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
+
+log = logging.getLogger(__name__)
 
 
 class ImageError(CoconetError, ValueError):
@@ -37,24 +44,37 @@ def read_image(path: str | Path) -> np.ndarray:
         else:
             with Image.open(path) as img:
                 img.load()
-                array = _pil_to_array(img)
+                array = _pil_to_array(img, path)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ImageError(f"{path}: not a readable image ({exc})") from exc
     return _normalise(array, path)
 
 
-def _pil_to_array(img: Image.Image) -> np.ndarray:
+def _warn_alpha(path: Path, alpha: np.ndarray) -> None:
+    """Log (WARNING) that a transparent image's alpha channel is dropped; silent if opaque."""
+    opaque = np.iinfo(alpha.dtype).max if alpha.dtype.kind in "ui" else 1.0
+    if (alpha < opaque).any():
+        log.warning(
+            "%s: has transparent pixels; the alpha channel is ignored (fused as opaque)", path
+        )
+
+
+def _pil_to_array(img: Image.Image, path: Path) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         return np.asarray(img).astype(np.uint16)
+    if img.has_transparency_data:  # RGBA, LA, PA, or a palette / tRNS transparency
+        grey = img.mode in ("L", "LA", "La", "1")
+        array = np.asarray(img.convert("LA" if grey else "RGBA"))
+        _warn_alpha(path, array[..., -1])
+        return array[..., 0] if grey else array[..., :3]
     if img.mode in ("L", "RGB"):
         return np.asarray(img)
-    if img.mode == "LA":
-        return np.asarray(img.convert("L"))
     return np.asarray(img.convert("RGB"))
 
 
 def _normalise(array: np.ndarray, path: Path) -> np.ndarray:
-    if array.ndim == 3 and array.shape[2] == 4:
+    if array.ndim == 3 and array.shape[2] == 4:  # a TIFF with an alpha channel
+        _warn_alpha(path, array[..., 3])
         array = array[..., :3]
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
@@ -136,18 +156,31 @@ def write_image(path: str | Path, image: np.ndarray, bits: int = 8) -> Path:
         else:
             Image.fromarray(array).save(tmp, format=_PIL_FORMATS[path.suffix.lower()])
 
-    return atomic_write(path, _write)
+    try:
+        return atomic_write(path, _write)
+    except OSError as exc:  # a full disk, a lost permission: name the target, not the temp file
+        raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from exc
 
 
 _PIL_FORMATS = {".png": "PNG", ".bmp": "BMP", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
 def list_images(folder: str | Path) -> dict[str, Path]:
-    """Images in a folder keyed by file stem; an empty or missing folder is an error."""
+    """Images in a folder keyed by file stem; an empty or missing folder, or two images with
+    one stem (``a.png`` and ``a.bmp``), is an error."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageError(f"{folder}: no such directory")
-    found = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.stem in found:
+            raise ImageError(
+                f"{found[path.stem]} and {path} have the same name; images pair up by name, "
+                "so keep only one of them"
+            )
+        found[path.stem] = path
     if not found:
         raise ImageError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     return found
@@ -169,3 +202,111 @@ def match_pairs(**folders: str | Path) -> list[tuple[str, dict[str, Path]]]:
         )
         raise ImageError(f"unmatched image names: {detail}")
     return [(name, {role: listings[role][name] for role in listings}) for name in sorted(names)]
+
+
+# --- fusion inputs and outputs, checked before a model is loaded ---------------------------
+
+
+def _size(image: np.ndarray) -> str:
+    return f"{image.shape[1]}x{image.shape[0]}"
+
+
+def read_pair(vis_path: Path, ir_path: Path, resize: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Read a pair; differing sizes are an error naming both (or, with ``resize``, the infrared
+    image is resized to the visible size)."""
+    vis, ir = read_image(vis_path), read_image(ir_path)
+    if vis.shape[:2] != ir.shape[:2]:
+        if not resize:
+            raise ImageError(
+                f"{ir_path} is {_size(ir)} but {vis_path} is {_size(vis)} (width x height); "
+                "pass --resize to resize the infrared image to the visible size"
+            )
+        import cv2
+
+        height, width = vis.shape[:2]
+        shrink = ir.shape[0] * ir.shape[1] > height * width
+        ir = cv2.resize(
+            ir, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+        )
+        ir = np.clip(ir, 0.0, 1.0)
+    return vis, ir
+
+
+def check_output(path: Path, colour: bool, bits: int) -> None:
+    """Fail early where the output format cannot hold the result."""
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageError(
+            f"{path}: unsupported output format (use one of {', '.join(IMAGE_SUFFIXES)})"
+        )
+    if bits == 16 and suffix not in (".png", ".tif", ".tiff"):
+        raise ImageError(f"{path}: 16-bit output needs a .png or .tif file")
+    if bits == 16 and colour and suffix == ".png":
+        raise ImageError(f"{path}: 16-bit colour output needs a .tif file")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file or folder (links and relative paths resolved)."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def check_output_location(path: str | Path, folder: bool = False) -> None:
+    """Fail unless ``path`` (an output file, or with ``folder`` an output folder) can be
+    created: it is not the wrong kind of thing, its nearest existing folder is a writable
+    folder, and that folder's disk is not full. Missing folders on the way are fine."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ImageError(f"{path}: exists and is not a folder (give a folder for the outputs)")
+    if not folder and path.is_dir():
+        raise ImageError(f"{path}: is a folder; give an output file such as {path / 'fused.png'}")
+    parent = path if folder else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ImageError(f"{path}: cannot be created, {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ImageError(f"{path}: cannot write, folder {parent} is read-only for this user")
+    if hasattr(os, "statvfs") and os.statvfs(parent).f_bavail == 0:
+        raise ImageError(f"{path}: cannot write, no space left on the disk of {parent}")
+
+
+def check_not_input(output: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse an output path (file or folder) that is one of ``inputs``."""
+    for source in inputs:
+        if _same_file(Path(output), Path(source)):
+            raise ImageError(f"{output}: is the input {source}; writing there would overwrite it")
+
+
+def plan_directory(
+    vis_dir: Path,
+    ir_dir: Path,
+    out_dir: Path,
+    suffix: str = ".png",
+    resize: bool = False,
+    bits: int = 8,
+) -> list[tuple[Path, Path, Path]]:
+    """Match pairs by name and check every pair and output before anything is written.
+
+    Returns (visible, infrared, output) paths; a bad pair, an output folder that is an input
+    folder or cannot be written, or an output that would replace an input raises first.
+    """
+    out_dir = Path(out_dir)
+    check_not_input(out_dir, (vis_dir, ir_dir))
+    check_output_location(out_dir, folder=True)
+    pairs = match_pairs(vis=vis_dir, ir=ir_dir)
+    inputs = {path.resolve(): path for _, paths in pairs for path in paths.values()}
+    plan = []
+    for name, paths in pairs:
+        vis, _ = read_pair(paths["vis"], paths["ir"], resize)
+        out = out_dir / f"{name}{suffix}"
+        check_output(out, vis.ndim == 3, bits)
+        if out.resolve() in inputs:
+            source = inputs[out.resolve()]
+            raise ImageError(f"{out}: is the input {source}; writing there would overwrite it")
+        if out.is_dir():
+            raise ImageError(f"{out}: is a folder, so the fused image cannot be written there")
+        plan.append((paths["vis"], paths["ir"], out))
+    return plan

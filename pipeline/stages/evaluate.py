@@ -163,7 +163,7 @@ def _log_to_mlflow(
 
     from pipeline.tracking.experiment import attach_uri
 
-    mlflow.set_tracking_uri(attach_uri(run_info))
+    mlflow.set_tracking_uri(attach_uri(run_info, paths.root))
     metrics = {}
     for method, values in means.items():
         prefix = "eval_" if method == MODEL_NAME else f"eval_{method}_"

@@ -253,7 +253,7 @@ def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:
     rows = read_index(paths.index)
     tags = lineage_tags(params, run_info, means, rows, paths.dvc_lock, root)
 
-    mlflow.set_tracking_uri(tracking.attach_uri(run_info))
+    tracking.attach_uri(run_info, root)  # checked: this project's store, and it exists
     client = MlflowClient()
     name = params.register_.model_name
     run_id = run_info["run_id"]

@@ -8,6 +8,11 @@ trains data-parallel with no code change (rank 0 tracks and saves).
 
 Outputs: ``artifacts/model.pt``, ``artifacts/train_run.json``, ``artifacts/checkpoints/``,
 ``reports/train_loss.csv`` and an MLflow run with params, losses, data inputs and the model.
+
+A non-finite loss or gradient stops training with an error naming the step: the run is marked
+FAILED and nothing from that state is saved (the last epoch's checkpoint stays). A run left
+RUNNING by a killed training of this project is marked KILLED when the next one starts.
+``params.yaml`` must hold a ``train`` section.
 """
 
 from __future__ import annotations

@@ -1,8 +1,13 @@
-"""MLflow tracking setup shared by the train, evaluate and register stages.
+"""MLflow tracking setup shared by the train, evaluate and register stages, fuse and lineage.
 
 The embedded default is a SQLite store ``mlflow.db`` in the project root with artifacts in
 ``./mlartifacts``; ``MLFLOW_TRACKING_URI`` in the environment wins over ``params.tracking.uri``.
 Under DDP only rank 0 calls anything here that touches MLflow.
+
+MLflow records artifact locations as absolute paths, so a copied or moved project's store still
+points at the original's artifacts. Every use of the store goes through :func:`connect`, which
+refuses (:class:`StoreError`) a store inside the project whose experiments keep their artifacts
+outside it, and a SQLite store that does not exist yet unless the caller creates one (training).
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ from typing import Any
 
 from filelock import FileLock
 
-from pipeline.core.errors import InputError
+from pipeline.core.errors import CoconetError, InputError
 from pipeline.core.imageio import atomic_path
-from pipeline.core.params import PROJECT_ROOT, Params
+from pipeline.core.params import PROJECT_ROOT, Params, TrackingParams, load_params
 from pipeline.tracking.dvc_lock import LOCK_FILE as DVC_LOCK_FILE
 from pipeline.tracking.dvc_lock import stage_out_hashes
 
@@ -41,14 +46,95 @@ def resolve_tracking_uri(uri: str, root: Path = PROJECT_ROOT) -> str:
     return uri
 
 
-def setup_experiment(params: Params, root: Path = PROJECT_ROOT) -> str:
-    """Point MLflow at the configured store and return the experiment id, creating the
-    experiment (with its artifact location) if missing. A file lock (in the temp folder, one
-    per store) makes the first creation safe when several processes start at once."""
+class StoreError(CoconetError, RuntimeError):
+    """The MLflow store is missing, or is another copy of the project's."""
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (resolved); None for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path).resolve()
+
+
+def _local_path(location: str, root: Path) -> Path | None:
+    """The folder of a ``file:`` or plain-path artifact location (a relative one against
+    ``root``); None for remote ones."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path)).resolve()
+    return (root / location).resolve() if not parsed.scheme else None
+
+
+def _tracking_params(root: Path) -> TrackingParams:
+    path = root / "params.yaml"
+    return load_params(path).tracking if path.is_file() else TrackingParams()
+
+
+def connect(
+    root: Path = PROJECT_ROOT,
+    tracking: TrackingParams | None = None,
+    uri: str | None = None,
+    create: bool = False,
+) -> str:
+    """Check the store (``uri``, default the configured one) and point MLflow at it.
+
+    A SQLite file that does not exist is refused unless ``create``. For a SQLite file inside
+    ``root`` (the embedded store), every experiment but MLflow's unused Default must keep its
+    artifacts inside ``root`` or under ``tracking.artifact_root``: a copied or moved project
+    still records the original's absolute paths and would read and write them.
+    """
     import mlflow
 
-    uri = resolve_tracking_uri(params.tracking.uri, root)
-    mlflow.set_tracking_uri(uri)
+    root = root.resolve()
+    tracking = tracking or _tracking_params(root)
+    uri = uri or resolve_tracking_uri(tracking.uri, root)
+    db = sqlite_file(uri)
+    if db is not None and not db.is_file() and not create:
+        raise StoreError(
+            f"{db}: no MLflow store here; run the pipeline first (dvc repro) "
+            "or set MLFLOW_TRACKING_URI"
+        )
+    if db is not None and db.is_file() and db.is_relative_to(root):
+        _check_locations(uri, db, root, tracking)
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)  # also exports MLFLOW_TRACKING_URI: undo that, or a later
+    if user_uri is None:  # connect() for another root would take it for the user's choice
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_uri
+    return uri
+
+
+def _check_locations(uri: str, db: Path, root: Path, tracking: TrackingParams) -> None:
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    allowed = [root, _local_path(tracking.artifact_root, root) or root]
+    for exp in MlflowClient(uri).search_experiments(view_type=ViewType.ALL):
+        path = _local_path(exp.artifact_location, root)
+        if exp.experiment_id == "0" or path is None:
+            continue
+        if not any(path.is_relative_to(a) for a in allowed):
+            raise StoreError(
+                f"{db}: experiment {exp.name!r} keeps its artifacts in {path}, outside this "
+                f"project ({root}): the project was copied or moved with its MLflow store; "
+                "move it back, or start a fresh store here (remove mlflow.db and mlartifacts/, "
+                "then dvc repro), or set MLFLOW_TRACKING_URI"
+            )
+
+
+def setup_experiment(params: Params, root: Path = PROJECT_ROOT) -> str:
+    """Point MLflow at the configured store (checked by :func:`connect`, created if missing)
+    and return the experiment id, creating the experiment (with its artifact location) if
+    missing. A file lock (in the temp folder, one per store) makes the first creation safe
+    when several processes start at once."""
+    import mlflow
+
+    uri = connect(root, params.tracking, create=True)
     lock = (
         Path(tempfile.gettempdir())
         / f"coconet-mlflow-{hashlib.sha1(uri.encode()).hexdigest()[:12]}.lock"
@@ -158,7 +244,23 @@ def read_run_info(path: Path = RUN_INFO_FILE) -> dict[str, Any]:
     return info
 
 
-def attach_uri(info: dict[str, Any]) -> str:
-    """The tracking URI a later stage uses to reopen the training run: the environment's
-    ``MLFLOW_TRACKING_URI`` if set, else the one recorded by training."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or info["tracking_uri"]
+def attach_uri(info: dict[str, Any], root: Path = PROJECT_ROOT) -> str:
+    """The tracking URI a later stage uses to reopen the training run (checked by
+    :func:`connect` and set): the environment's ``MLFLOW_TRACKING_URI`` if set, else the one
+    recorded by training, unless that is a SQLite store other than this project's that no
+    longer exists or lies in another project (a copied or moved project's record)."""
+    root = root.resolve()
+    tracking = _tracking_params(root)
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = env or info["tracking_uri"]
+    db = None if env else sqlite_file(uri)
+    if db is not None and db != sqlite_file(resolve_tracking_uri(tracking.uri, root)):
+        owner = next((p for p in db.parents if (p / "dvc.yaml").is_file()), None)
+        if not db.is_file() or owner not in (None, root):
+            where = "which no longer exists" if not db.is_file() else f"the store of {owner}"
+            raise StoreError(
+                f"{root / 'artifacts' / 'train_run.json'}: the training run was recorded in "
+                f"{uri}, {where}: the project was copied or moved; retrain here "
+                "(dvc repro train) or set MLFLOW_TRACKING_URI"
+            )
+    return connect(root, tracking, uri)

@@ -3,14 +3,15 @@
 Everything shown comes from what the register stage recorded in MLflow (version and run tags,
 ``lineage/*.csv`` artifacts of the run), so a model whose local inputs were deleted still shows
 its lineage. ``render`` prints a one-screen summary of the chain (``pairs=True`` adds the
-per-pair URLs and sha256s). ``verify`` re-hashes the local files with DVC's own hashing
-(``dvc_data``'s ``build``, through the repo's hash cache) and compares them with the recorded
-md5s.
+per-pair URLs and sha256s). ``verify`` re-hashes the bytes of the local files the way DVC
+does (md5; ``.dir`` hashes for folders), never trusting DVC's mtime-keyed state cache, and
+compares them with the recorded md5s.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import textwrap
@@ -22,6 +23,8 @@ from pipeline.core.errors import CoconetError
 from pipeline.core.params import PROJECT_ROOT, ParamsError, load_params
 
 DEFAULT_TARGET = "models:/coconet@champion"
+HASH_CHUNK = 1 << 22
+PROGRESS_BYTES = 64 << 20
 
 
 class LineageError(CoconetError, ValueError):
@@ -156,22 +159,57 @@ def collect(target: str = DEFAULT_TARGET, tracking_uri: str | None = None) -> di
     }
 
 
-def local_md5(root: Path, paths: list[str]) -> dict[str, str | None]:
-    """DVC md5 (``.dir`` for directories) of each path under ``root``; None if missing."""
-    from dvc.repo import Repo
-    from dvc_data.hashfile.build import build
+def _files(path: Path, root: Path) -> list[Path]:
+    """The files DVC hashes under ``path``: ``.dvcignore`` rules (and .git/.dvc) applied."""
+    from dvc.ignore import DvcIgnoreFilter
+    from dvc_objects.fs.local import LocalFileSystem
 
+    fs = LocalFileSystem()
+    ignore = DvcIgnoreFilter(fs, str(root))
+    found = []
+    for folder, _, names in ignore.walk(fs, str(path)):
+        found += [Path(folder) / name for name in names]
+    return found
+
+
+def _md5(path: Path, bar: Any) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def local_md5(root: Path, paths: list[str]) -> dict[str, str | None]:
+    """DVC's md5 of each path under ``root``, from the bytes (never DVC's mtime-keyed state
+    cache); None if missing. A file's is the md5 of its bytes; a directory's is DVC's ``.dir``
+    hash: the md5 of the JSON list of ``{"md5", "relpath"}`` entries sorted by relpath. A
+    progress bar (stderr, terminals only) shows on runs over 64 MB."""
+    from tqdm import tqdm
+
+    root = Path(root).resolve()
+    files: dict[str, list[Path] | None] = {}
+    for rel in paths:
+        full = root / rel
+        files[rel] = [full] if full.is_file() else _files(full, root) if full.is_dir() else None
+    total = sum(f.stat().st_size for group in files.values() for f in group or [])
+    quiet = True if total < PROGRESS_BYTES else None  # None: only on a terminal
     out: dict[str, str | None] = {}
-    with Repo(str(root)) as repo:
-        for path in paths:
-            full = repo.fs.abspath(str(root / path))
-            if not repo.fs.exists(full):
-                out[path] = None
-                continue
-            _, _, obj = build(
-                repo.cache.local, full, repo.fs, "md5", ignore=repo.dvcignore, dry_run=True
-            )
-            out[path] = obj.hash_info.value
+    with tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=quiet) as bar:
+        for rel, group in files.items():
+            full = root / rel
+            if group is None:
+                out[rel] = None
+            elif full.is_file():
+                out[rel] = _md5(full, bar)
+            else:
+                entries = [
+                    {"md5": _md5(f, bar), "relpath": f.relative_to(full).as_posix()} for f in group
+                ]
+                entries.sort(key=lambda e: e["relpath"])
+                listing = json.dumps(entries, sort_keys=True).encode()
+                out[rel] = hashlib.md5(listing).hexdigest() + ".dir"
     return out
 
 
@@ -326,7 +364,7 @@ def audit(
     from pipeline.tracking import experiment as tracking
 
     params = load_params(root / "params.yaml")
-    uri = tracking.resolve_tracking_uri(params.tracking.uri, root)
+    uri = tracking.connect(root, params.tracking)  # refuses a missing or another copy's store
     lineage = collect(target, uri)
     checks = verify(lineage, root) if check else None
     drift = bool(checks) and not all(c["ok"] for c in checks)

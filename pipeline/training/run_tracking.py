@@ -3,16 +3,18 @@ and ``artifacts/train_run.json``."""
 
 from __future__ import annotations
 
-import copy
 import csv
 import importlib.metadata
+import os
+import socket
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pipeline.core.imageio import atomic_path
-from pipeline.core.params import PROJECT_ROOT, Params
+from pipeline.core.params import Params
 from pipeline.tracking import experiment as tracking
+from pipeline.tracking import pyfunc_model
 from pipeline.training.checkpoint import params_digest
 
 if TYPE_CHECKING:
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from pipeline.training.distributed import Runtime
 
 MODEL_ARTIFACT = "model"
+ROOT_TAG, HOST_TAG, PID_TAG = "project_root", "train_host", "train_pid"  # the run's owner
 LOSS_NAMES = ("loss", "adaptive", "contrastive", "ssim", "mse")
 HISTORY_COLUMNS = ("step", "epoch", "phase", *LOSS_NAMES)
 
@@ -27,7 +30,7 @@ HISTORY_COLUMNS = ("step", "epoch", "phase", *LOSS_NAMES)
 def _pip_requirements() -> list[str]:
     """The packages the logged model needs, pinned to the versions installed here."""
     pins = []
-    for name in ("torch", "torchvision", "numpy"):
+    for name in ("torch", "torchvision", "numpy", "safetensors", "pandas", "pillow"):
         version = importlib.metadata.version(name).split("+")[0]
         pins.append(f"{name}=={version}")
     return pins
@@ -37,9 +40,15 @@ class RunTracker:
     """One MLflow run per training, continued (same run id) when training resumes."""
 
     def __init__(
-        self, params: Params, paths: ProjectPaths, runtime: Runtime, run_id: str | None = None
+        self,
+        params: Params,
+        paths: ProjectPaths,
+        runtime: Runtime,
+        run_id: str | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.params = params
+        self.precision = precision
         self.paths = paths
         self.runtime = runtime
         self.run_id = run_id
@@ -65,12 +74,47 @@ class RunTracker:
                 **tracking.git_tags(self.paths.root),
                 "vgg_weights": self.params.model.vgg_weights,
                 "device": str(self.runtime.device),
+                "precision": self.precision,
                 "world_size": str(self.runtime.world_size),
                 "params_digest": params_digest(self.params),
+                **self._owner_tags(),
             }
         )
         if resumed_epoch is not None:
             mlflow.set_tag("resumed_from_epoch", str(resumed_epoch))
+        for stale in self._kill_stale_runs():
+            print(f"marked MLflow run {stale} KILLED: its training process is gone", flush=True)
+
+    def _owner_tags(self) -> dict[str, str]:
+        """Which training process owns the run: project root, host and process id."""
+        return {
+            ROOT_TAG: str(self.paths.root.resolve()),
+            HOST_TAG: socket.gethostname(),
+            PID_TAG: str(os.getpid()),
+        }
+
+    def _kill_stale_runs(self) -> list[str]:
+        """Mark KILLED the runs of this experiment and project root still RUNNING although
+        their process is gone (a training killed before it could mark its run); returns
+        their ids. A run of a live process on this host is left alone."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        owner = self._owner_tags()
+        killed = []
+        for run in client.search_runs(
+            [self.experiment_id], "attributes.status = 'RUNNING'", max_results=1000
+        ):
+            tags = run.data.tags
+            if run.info.run_id == self.run_id or tags.get(ROOT_TAG) != owner[ROOT_TAG]:
+                continue
+            pid = tags.get(PID_TAG, "")
+            if tags.get(HOST_TAG) == owner[HOST_TAG] and pid != owner[PID_TAG] and _alive(pid):
+                continue
+            client.set_tag(run.info.run_id, "killed_reason", f"stale: found by run {self.run_id}")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            killed.append(run.info.run_id)
+        return killed
 
     @staticmethod
     def _run_exists(run_id: str) -> bool:
@@ -101,7 +145,8 @@ class RunTracker:
         mlflow.log_metrics(metrics, step=epoch)
 
     def finish(self, model: torch.nn.Module, history: list[list[float]]) -> dict[str, Any]:
-        """Write the loss CSV, ``model.pt``, the MLflow model and ``train_run.json``."""
+        """Write the loss CSV, ``model.pt``, the MLflow model (safetensors weights, loaded by
+        :mod:`pipeline.tracking.pyfunc_model`, never unpickled) and ``train_run.json``."""
         import mlflow
 
         self._write_loss_csv(history)
@@ -109,19 +154,19 @@ class RunTracker:
         payload = {
             "state_dict": state,
             "vgg_weights": self.params.model.vgg_weights,
+            "precision": self.precision,
             "params": self.params.model_dump(mode="json", by_alias=True),
         }
         with atomic_path(self.paths.model) as tmp:
             torch.save(payload, tmp)
         mlflow.log_artifact(str(self.paths.loss_csv), "training")
-        cpu_model = copy.deepcopy(model).cpu().eval()
-        info = mlflow.pytorch.log_model(
-            cpu_model,
-            name=MODEL_ARTIFACT,
-            serialization_format="pickle",  # torch.export (pt2) cannot trace this model
-            code_paths=[str(PROJECT_ROOT / "models")],
-            pip_requirements=_pip_requirements(),
-        )
+        config = {
+            "vgg_weights": self.params.model.vgg_weights,
+            "train_precision": self.precision,
+            "params_digest": params_digest(self.params),
+            "run_id": self.run_id,
+        }
+        info = pyfunc_model.log_model(model, config, _pip_requirements(), MODEL_ARTIFACT)
         record = {
             "run_id": self.run_id,
             "experiment_id": self.experiment_id,
@@ -130,6 +175,7 @@ class RunTracker:
             "run_model_uri": f"runs:/{self.run_id}/{MODEL_ARTIFACT}",
             "params_digest": params_digest(self.params),
             "vgg_weights": self.params.model.vgg_weights,
+            "precision": self.precision,
             "git_commit": tracking.git_state(self.paths.root)[0],
         }
         tracking.write_run_info(record, self.paths.run_info)
@@ -144,9 +190,27 @@ class RunTracker:
             for step, epoch, phase, *losses in history:
                 writer.writerow([int(step), int(epoch), int(phase), *(f"{v:.6g}" for v in losses)])
 
-    def fail(self) -> None:
-        """Mark the run failed (a resumed training reopens it)."""
+    def fail(self, reason: str | None = None) -> None:
+        """Mark the run failed, with ``reason`` as its ``failure`` tag (a resumed training
+        reopens it)."""
         import mlflow
 
         if mlflow.active_run() is not None:
+            if reason:
+                mlflow.set_tag("failure", reason[:5000])
             mlflow.end_run(status="FAILED")
+
+
+def _alive(pid: str) -> bool:
+    """Whether a process with this id runs on this host (True where that cannot be told)."""
+    if os.name != "posix":
+        return True
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,24 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from models.scaling import to_signed, to_unit
-from pipeline.core.errors import InputError
+from pipeline.core.errors import CoconetError, InputError
 from pipeline.core.params import Params
 from pipeline.core.paths import ProjectPaths
+from pipeline.core.precision import autocast_context, resolve_precision
 from pipeline.training import distributed
-from pipeline.training.checkpoint import find_resumable, fingerprint, rng_state, save_checkpoint
+from pipeline.training.checkpoint import (
+    checkpoint_path,
+    find_resumable,
+    fingerprint,
+    rng_state,
+    save_checkpoint,
+)
 from pipeline.training.checkpoint import set_rng_state as restore_rng_state
 from pipeline.training.run_tracking import HISTORY_COLUMNS, LOSS_NAMES, RunTracker
+
+
+class TrainingDivergedError(CoconetError, RuntimeError):
+    """A loss or gradient became NaN or infinite: training stops without saving that state."""
 
 
 def seed_everything(seed: int) -> None:
@@ -54,6 +65,36 @@ def load_patches(path: Path):
     return dataset
 
 
+def load_initial_weights(model, source: str) -> None:
+    """Fine-tuning: start from ``source`` ('official' or a checkpoint file) instead of scratch.
+
+    Every tensor comes from the checkpoint except VGG-19 layers it says it lacks (an official
+    checkpoint holds conv1_1 .. conv3_4): those keep ``model.vgg_weights``.
+    """
+    from pipeline.inference import checkpoint_state
+
+    if source == "official":
+        from pipeline.reference_models import official_checkpoint
+
+        path = official_checkpoint()
+    else:
+        path = Path(source)
+    state, meta = checkpoint_state(path)
+    unset = meta.get("official", {}).get("vgg_not_set", [])
+    if unset:
+        keep = model.state_dict()
+        for key in vgg_keys(unset):
+            state[key] = keep[key]
+    model.load_state_dict(state)
+
+
+def vgg_keys(convs: list[str]) -> list[str]:
+    """State-dict keys of our VGG-19 convolutions named ``conv4_1`` etc."""
+    from models.official import VGG19_CONVS
+
+    return [f"vgg.features.{VGG19_CONVS[c]}.{t}" for c in convs for t in ("weight", "bias")]
+
+
 class Trainer:
     """Model, losses, optimiser and one process's view of the data."""
 
@@ -65,25 +106,26 @@ class Trainer:
         self.runtime = runtime
         tp = params.train
         device = runtime.device
-        self.memory_format = torch.channels_last if runtime.amp else torch.contiguous_format
-        self.model = CoCoNet(vgg_weights=params.model.vgg_weights).to(device)
-        self.model = self.model.to(memory_format=self.memory_format)
+        self.precision = resolve_precision(tp.precision, device)
+        self.memory_format = torch.channels_last
+        self.model = CoCoNet(vgg_weights=params.model.vgg_weights)
+        if tp.init_from:
+            load_initial_weights(self.model, tp.init_from)
+        self.model = self.model.to(device, memory_format=self.memory_format)
         self.adaptive = AdaptiveFusionLoss(
             ssim_weight=tp.ssim_weight,
             c1=tp.c1,
             c2=tp.c2,
             ssim_window=tp.ssim_window,
             ssim_sigma=tp.ssim_sigma,
+            mse_range=tp.mse_range,
+            ssim_padding=tp.ssim_padding,
+            ssim_reduction=tp.ssim_reduction,
+            gradient_padding=tp.gradient_padding,
         ).to(device)
-        self.contrastive = CoupledContrastiveLoss(self.model.vgg).to(device)
+        self.contrastive = CoupledContrastiveLoss(self.model.vgg, mode=tp.contrastive_mode)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(trainable, lr=tp.lr)
-        self.amp_dtype = (
-            torch.bfloat16 if runtime.amp and torch.cuda.is_bf16_supported() else torch.float16
-        )
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=runtime.amp and self.amp_dtype == torch.float16
-        )
         self.net = (
             DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
@@ -108,33 +150,29 @@ class Trainer:
             drop_last=False,
         )
 
+    def autocast(self) -> AbstractContextManager:
+        """bf16 autocast for the network and the contrastive VGG, or nothing (fp32)."""
+        return autocast_context(self.precision, self.runtime.device)
+
     def steps_per_epoch(self) -> int:
         cap = self.params.train.max_steps_per_epoch
         return min(len(self.loader), cap) if cap else len(self.loader)
 
     def state(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-        }
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
 
     def step(self, batch: torch.Tensor, phase: int) -> torch.Tensor:
-        """One optimisation step; returns the ``LOSS_NAMES`` values, detached."""
+        """One optimisation step; returns the ``LOSS_NAMES`` values and the gradient norm,
+        detached and unsynchronised (the caller checks them: see :func:`check_finite`)."""
         device = self.runtime.device
         batch = batch.to(device, non_blocking=True)
         vis, ir = batch[:, 0:1], batch[:, 1:2]
         mask = (batch[:, 2:3] > 0.5).to(batch.dtype)
-        autocast = (
-            torch.autocast("cuda", dtype=self.amp_dtype) if self.runtime.amp else nullcontext()
-        )
-        with autocast:
+        with self.autocast():
             out = self.net(
                 to_signed(vis).contiguous(memory_format=self.memory_format),
                 to_signed(ir).contiguous(memory_format=self.memory_format),
@@ -144,15 +182,24 @@ class Trainer:
         ssim, mse = terms["ssim"].mean(), terms["mse"].mean()
         adaptive = ssim + mse
         if phase == 2 and self.params.train.contrast_weight > 0:
-            contrastive = self.contrastive(fused, vis, ir, mask)
+            with self.autocast():  # the VGG features in bf16; the L1 ratios come out in fp32
+                contrastive = self.contrastive(fused, vis, ir, mask).float()
         else:
             contrastive = fused.new_zeros(())
         loss = adaptive + self.params.train.contrast_weight * contrastive
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return torch.stack([loss, adaptive, contrastive, ssim, mse]).detach()
+        loss.backward()
+        grad_norm = self.grad_norm()
+        self.optimizer.step()
+        return torch.stack([loss, adaptive, contrastive, ssim, mse, grad_norm]).detach()
+
+    def grad_norm(self) -> torch.Tensor:
+        """The total L2 norm of the gradients, one fused kernel per device (no sync)."""
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"]]
+        grads = [g for g in grads if g is not None]
+        if not grads:
+            return torch.zeros((), device=self.runtime.device)
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
 
 
 def train_model(
@@ -184,7 +231,15 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
     total_epochs = tp.phase1_epochs + tp.phase2_epochs
     steps_per_epoch = trainer.steps_per_epoch()
 
-    tracker = RunTracker(params, paths, runtime, run_id) if runtime.is_main else None
+    tracker = (
+        RunTracker(params, paths, runtime, run_id, trainer.precision) if runtime.is_main else None
+    )
+    if runtime.is_main:
+        print(
+            f"training on {runtime.device} in {trainer.precision} "
+            f"(train.precision: {tp.precision})",
+            flush=True,
+        )
     if tracker:
         print(message, flush=True)
         tracker.start(resumed_epoch=start_epoch if state is not None else None)
@@ -208,8 +263,11 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
             for index, batch in enumerate(trainer.loader):
                 if index >= steps_per_epoch:
                     break
-                losses = distributed.all_reduce_mean(trainer.step(batch, phase), runtime).cpu()
+                values = distributed.all_reduce_mean(trainer.step(batch, phase), runtime).cpu()
                 step += 1
+                kept = checkpoint_path(paths.checkpoints, epoch) if epoch else None
+                check_finite(values, step, epoch + 1, total_epochs, phase, kept)
+                losses = values[: len(LOSS_NAMES)]
                 seen += batch.shape[0] * runtime.world_size
                 sums += losses.double()
                 history.append([step, epoch + 1, phase, *losses.tolist()])
@@ -244,11 +302,28 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
         if not tracker:
             return None
         return tracker.finish(trainer.model, history)
-    except BaseException:
+    except BaseException as exc:
         bar.close()
         if tracker:
-            tracker.fail()
+            tracker.fail(str(exc) if isinstance(exc, TrainingDivergedError) else None)
         raise
+
+
+def check_finite(
+    values: torch.Tensor, step: int, epoch: int, epochs: int, phase: int, kept: Path | None
+) -> None:
+    """Raise :class:`TrainingDivergedError` naming the step if a loss or the gradient norm
+    (``values``: the ``LOSS_NAMES`` values, then the norm, on the CPU) is not finite; ``kept``
+    is the last checkpoint of this training, if any."""
+    if bool(torch.isfinite(values).all()):
+        return
+    loss, grad_norm = values[0].item(), values[-1].item()
+    what = f"loss ({loss})" if not torch.isfinite(values[:-1]).all() else f"gradient ({grad_norm})"
+    raise TrainingDivergedError(
+        f"non-finite {what} at step {step} (epoch {epoch}/{epochs}, phase {phase}): training "
+        f"diverged (lower train.lr?); nothing from this state was saved, the last good "
+        f"checkpoint is {kept or 'none (no epoch finished)'}"
+    )
 
 
 def _gather_rng(runtime: distributed.Runtime) -> list[dict[str, Any]]:
