@@ -59,20 +59,27 @@ def retrain(inbox: InboxOption = None, root: RootOption = None) -> None:
 
     Inbox layout: inbox/<pair>/ir.<ext> + vis.<ext> (+ optional mask.<ext>), same sizes.
 
-    Ends at once when there is nothing new or another retrain is running. A failed run leaves
-    the inbox and the champion as they were.
+    Ends at once when there is nothing new (exit 0) or when another retrain holds the lock
+    (exit 75, EX_TEMPFAIL: a scheduler should try again later). A failed run rolls the
+    workspace back to the last dvc.lock and leaves the inbox and the champion as they were.
     """
     from flows.env import telemetry_off
 
     telemetry_off()
-    from flows.dvc_cli import DvcError
+    from flows.retrain import EX_TEMPFAIL, busy_message, lock_is_held
     from flows.retrain import retrain as retrain_flow
+    from pipeline.core.errors import CoconetError
     from pipeline.core.params import PROJECT_ROOT
 
+    project = (root or PROJECT_ROOT).resolve()
+    if lock_is_held(project):  # before starting Prefect: a busy run costs nothing
+        fail(busy_message(project), EX_TEMPFAIL)
     try:
-        result = retrain_flow(str((root or PROJECT_ROOT).resolve()), str(inbox) if inbox else None)
-    except DvcError as exc:
+        result = retrain_flow(str(project), str(inbox) if inbox else None)
+    except CoconetError as exc:
         _flow_failed(exc)
+    if result["status"] == "busy":  # taken between the check above and the flow's own try
+        fail(busy_message(project), EX_TEMPFAIL)
     typer.echo(f"retrain: {result['status']}")
     for name, reason in (result.get("rejected") or {}).items():
         typer.echo(f"  rejected {name}: {reason}")

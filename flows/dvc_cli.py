@@ -1,15 +1,19 @@
 """Run DVC commands in a project as subprocesses, streaming their output line by line.
 
 The flows drive DVC through its command line (``python -m dvc``, from the same environment),
-so DVC's cache and ``dvc.lock`` stay the single record of what ran.
+so DVC's cache and ``dvc.lock`` stay the single record of what ran. :class:`WorkspaceBackup`
+undoes a failed run: DVC deletes a stage's outputs before running it, so a failure leaves them
+missing until the workspace is put back to the last ``dvc.lock``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +27,22 @@ SKIPPED_MARK = "didn't change, skipping"
 
 
 class DvcError(CoconetError, RuntimeError):
-    """A DVC command exited non-zero; the message carries the end of its output."""
+    """A DVC command exited non-zero: a one-line message with the reason, the end of the
+    command's output in ``output``."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
+
+
+def failure_reason(lines: list[str]) -> str:
+    """The line that says why a DVC command failed: a stage's ``error:`` line, else DVC's
+    ``ERROR:`` line, else the last line."""
+    for prefix in ("error:", "ERROR:"):
+        found = [line.strip() for line in lines if line.strip().startswith(prefix)]
+        if found:
+            return found[-1]
+    return lines[-1].strip() if lines else "no output"
 
 
 @dataclass
@@ -82,7 +101,10 @@ def run_dvc(
                     log(line)
     result = DvcResult(list(args), proc.returncode, time.perf_counter() - start, list(lines))
     if check and proc.returncode != 0:
-        raise DvcError(f"dvc {' '.join(args)} failed (exit {proc.returncode}):\n{result.tail}")
+        reason = failure_reason(result.lines)
+        raise DvcError(
+            f"dvc {' '.join(args)} failed (exit {proc.returncode}): {reason}", result.tail
+        )
     return result
 
 
@@ -107,5 +129,87 @@ def pending_stages(root: Path) -> dict[str, list]:
         stdin=subprocess.DEVNULL,
     )
     if proc.returncode != 0:
-        raise DvcError(f"dvc status failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        reason = failure_reason(proc.stderr.splitlines())
+        raise DvcError(f"dvc status failed (exit {proc.returncode}): {reason}", proc.stderr[-2000:])
     return json.loads(proc.stdout or "{}")
+
+
+def uncached_outs(root: Path) -> list[Path]:
+    """Stage outputs of ``dvc.yaml`` that ``dvc checkout`` cannot restore: ``cache: false``
+    outs, metrics and plots that DVC deletes before re-running their stage (not ``persist``)."""
+    path = root / "dvc.yaml"
+    if not path.is_file():
+        return []
+    found: list[Path] = []
+    for stage in ((yaml.safe_load(path.read_text()) or {}).get("stages") or {}).values():
+        base = root / stage.get("wdir", ".")
+        for section in ("outs", "metrics", "plots"):
+            for item in stage.get(section) or []:
+                if isinstance(item, dict):
+                    (out, options), *_ = item.items()
+                    options = options or {}
+                    if options.get("cache", True) is False and not options.get("persist", False):
+                        found.append(base / out)
+    return found
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@dataclass
+class WorkspaceBackup:
+    """``dvc.lock`` and the uncached stage outputs, saved before a pipeline run (in
+    ``.dvc/tmp``) so that a failed run can be undone: :meth:`restore` puts them back and runs
+    ``dvc checkout --force``, which brings every cached output back to the restored lock."""
+
+    root: Path
+    folder: Path
+    lock: str | None
+    outs: dict[Path, bool]  # uncached output -> existed before the run
+
+    @classmethod
+    def save(cls, root: Path) -> WorkspaceBackup:
+        """Copy ``dvc.lock`` and the uncached outputs aside."""
+        tmp = root / ".dvc" / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="retrain-backup-", dir=tmp))
+        lock = root / "dvc.lock"
+        outs: dict[Path, bool] = {}
+        try:
+            for out in uncached_outs(root):
+                outs[out] = out.exists()
+                if not outs[out]:
+                    continue
+                copy = folder / out.relative_to(root)
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                if out.is_dir():
+                    shutil.copytree(out, copy, symlinks=True)
+                else:
+                    shutil.copy2(out, copy)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return cls(root, folder, lock.read_text() if lock.is_file() else None, outs)
+
+    def restore(self, log: Callable[[str], None] | None = None) -> None:
+        """Put ``dvc.lock`` and the uncached outputs back, then ``dvc checkout --force``."""
+        lock = self.root / "dvc.lock"
+        if self.lock is None:
+            lock.unlink(missing_ok=True)
+        else:
+            lock.write_text(self.lock)
+        for out, existed in self.outs.items():
+            _remove(out)
+            if existed:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.folder / out.relative_to(self.root), out)
+        run_dvc(["checkout", "--force"], self.root, log=log)
+        self.discard()
+
+    def discard(self) -> None:
+        """Delete the saved copies."""
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -2,12 +2,15 @@
 
 One run at a time: a file lock in ``.dvc/tmp`` (works without a server, also against a manual
 ``coconet retrain``) and, when served, a deployment concurrency limit of 1. A run that finds
-the lock taken ends at once and says so. With no new pair and no pending DVC change (e.g. an
-edited catalogue, params or code) the run ends quickly, saying there is nothing new. Otherwise
-the pairs are ingested (:mod:`flows.inbox`), the ``pipeline`` flow runs as a subflow (DVC
-re-runs only the stages whose inputs changed; register promotes by rule) and, only after it
-succeeded, the ingested pairs leave the inbox. A failure undoes the ingestion and leaves the
-inbox as it was; the champion alias moves only at the very end of a successful register stage.
+the lock taken ends at once with status ``busy`` (``coconet retrain`` exits
+:data:`EX_TEMPFAIL`). With no new pair and no pending DVC change (e.g. an edited catalogue,
+params or code) the run ends quickly, saying there is nothing new. Otherwise the pairs are
+ingested (:mod:`flows.inbox`), the ``pipeline`` flow runs as a subflow (DVC re-runs only the
+stages whose inputs changed; register promotes by rule) and, only after it succeeded, the
+ingested pairs leave the inbox. A failure rolls everything back (:func:`undo`): the ingestion,
+``dvc.lock``, the uncached outputs and, with ``dvc checkout``, every cached output DVC deleted
+before the failing stage; ``dvc status`` must then read as it did before the run. The inbox is
+left as it was; the champion alias moves only at the very end of a successful register stage.
 """
 
 from __future__ import annotations
@@ -20,17 +23,67 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from flows import inbox as inbox_mod
+from flows.dvc_cli import WorkspaceBackup, pending_stages
 from flows.repro import run_pipeline
 from flows.tasks import dvc_status, run_logger
+from pipeline.core.errors import CoconetError
 from pipeline.core.params import PROJECT_ROOT
 from pipeline.core.paths import ProjectPaths
 
 LOCK_NAME = "coconet-retrain.lock"
+EX_TEMPFAIL = 75  # sysexits.h: a temporary failure, the caller should try again later
+
+
+class RollbackError(CoconetError, RuntimeError):
+    """A failed retrain could not put the workspace back as it was."""
 
 
 def lock_path(root: Path) -> Path:
     """The retrain lock file: inside ``.dvc/tmp`` (ignored by git and DVC)."""
     return ProjectPaths(root).dvc_tmp / LOCK_NAME
+
+
+def lock_is_held(root: Path) -> bool:
+    """Whether another retrain holds the lock right now (tries it without waiting)."""
+    path = lock_path(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def busy_message(root: Path) -> str:
+    """The one line a busy retrain ends with."""
+    return (
+        f"retrain busy: another retrain holds {lock_path(root)}; nothing was done "
+        f"(exit {EX_TEMPFAIL}, EX_TEMPFAIL: try again later)"
+    )
+
+
+def undo(
+    root: Path,
+    snapshot: inbox_mod.Snapshot | None,
+    backup: WorkspaceBackup,
+    before: dict[str, Any],
+) -> None:
+    """Roll a failed run back: the ingestion, then ``dvc.lock``, the uncached outputs and (by
+    ``dvc checkout``) the cached ones; raises :class:`RollbackError` unless ``dvc status`` then
+    reads as it did before the run (``before``)."""
+    logger = run_logger()
+    if snapshot is not None:
+        inbox_mod.rollback(snapshot)
+    backup.restore(log=logger.info)
+    after = pending_stages(root)
+    if after != before:
+        differ = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        raise RollbackError(
+            f"dvc status differs from before the run for {', '.join(differ)}: "
+            "see `dvc status`, restore with `dvc checkout`"
+        )
 
 
 @task(name="scan-inbox", cache_policy=NONE)
@@ -76,28 +129,36 @@ def retrain(
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        logger.warning("another retrain holds %s; this run does nothing", path)
-        return {"status": "busy"}
+        logger.warning(busy_message(root))
+        return {"status": "busy", "lock": str(path)}
     try:
         found = scan(str(inbox_dir), str(root))
         new, duplicate = found["new"], found["duplicate"]
-        changes = {} if new else dvc_status(str(root))
-        if not new and not changes:
+        before = dvc_status(str(root))
+        if not new and not before:
             logger.info("nothing new: no new inbox pairs and every DVC stage is up to date")
-            if duplicate:
-                inbox_mod.clear_inbox(duplicate)
+            _clear(duplicate)
             return {"status": "nothing new", "rejected": found["rejected"]}
-        if changes:
-            logger.info("pending DVC changes: %s", ", ".join(changes))
-        snapshot = ingest(new, str(root)) if new else None
+        if before:
+            logger.info("pending DVC changes: %s", ", ".join(before))
+        backup = WorkspaceBackup.save(root)
+        snapshot = None
         try:
+            snapshot = ingest(new, str(root)) if new else None
             result = run_pipeline(project_dir=str(root), download_retries=download_retries)
-        except BaseException:
-            if snapshot is not None:
-                inbox_mod.rollback(snapshot)
-                logger.error("pipeline failed: ingestion undone, inbox left as it was")
+        except BaseException as exc:
+            try:
+                undo(root, snapshot, backup, before)
+            except Exception as failed:
+                summary = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                logger.error("rollback incomplete: %s", failed)
+                raise RollbackError(
+                    f"retrain failed ({summary}); rollback incomplete: {failed}"
+                ) from exc
+            logger.error("retrain failed: everything rolled back to dvc.lock, inbox left as it was")
             raise
-        inbox_mod.clear_inbox(new + duplicate)
+        backup.discard()
+        _clear(new + duplicate)
         return {
             "status": "retrained",
             "ingested": [p.name for p in new],
@@ -107,3 +168,9 @@ def retrain(
         }
     finally:
         lock.release()
+
+
+def _clear(pairs: list[inbox_mod.InboxPair]) -> None:
+    """Remove ingested pairs from the inbox; what cannot go is logged, never raised."""
+    for problem in inbox_mod.clear_inbox(pairs):
+        run_logger().warning("inbox: %s", problem)

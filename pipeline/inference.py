@@ -8,6 +8,7 @@ the infrared image and the chroma comes from the visible image.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from pipeline.core.imageio import (  # noqa: F401  (pair/output checks, torch-fr
     to_grey,
     write_image,
 )
+from pipeline.reference_models import OFFICIAL, official_checkpoint
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "file:/", "s3://", "gs://")
 STATE_KEYS = ("state_dict", "model", "model_state_dict")
@@ -157,45 +159,117 @@ def load_mlflow_model(uri: str) -> CoCoNet:
 
 
 def load_fusion_model(source: str, device: str | torch.device = "cpu") -> CoCoNet:
-    """A CoCoNet in eval mode on ``device``, from a checkpoint path or an MLflow model URI."""
+    """A CoCoNet in eval mode on ``device``, from a checkpoint path, an MLflow model URI or
+    ``official`` (the authors' trained model: downloaded, verified, converted once, cached)."""
+    if source == OFFICIAL:
+        source = str(official_checkpoint())
     is_uri = source.startswith(MLFLOW_SCHEMES) and not Path(source).exists()
     model = load_mlflow_model(source) if is_uri else load_checkpoint_model(source)
     device = resolve_device(device) if isinstance(device, str) else device
     return model.to(device=device, memory_format=torch.channels_last).eval()
 
 
-def _fuse_grey(model: CoCoNet, vis: np.ndarray, ir: np.ndarray) -> np.ndarray:
-    """Fuse two HxW 0..1 arrays with the network (eval mode, inference mode, channels-last)."""
+@dataclass(frozen=True)
+class FusionSettings:
+    """How pairs are fused: ``precision`` ('fp32' or 'bf16', resolved) and an optional memory
+    budget in bytes above which the pair is fused in tiles (None: never tiled)."""
+
+    precision: str = "fp32"
+    max_bytes: int | None = None
+
+
+MEMORY_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+MEMORY_UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+SAFE_FRACTION = 0.5  # of the memory free now, as the default budget
+
+
+def parse_memory(text: str) -> int:
+    """'3GB', '2.5GiB', '800MB' or a plain byte count -> bytes."""
+    value = text.strip().upper().replace(" ", "")
+    number = value.rstrip("KMGTIB")
+    unit = value[len(number) :]
+    try:
+        size = float(number) * MEMORY_UNITS[unit]
+    except (ValueError, KeyError):
+        raise ModelLoadError(
+            f"memory size {text!r}: use a number with B, MB, GB, MiB or GiB"
+        ) from None
+    if size <= 0:
+        raise ModelLoadError(f"memory size {text!r}: must be positive")
+    return int(size)
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """A safe share of the memory free now: half the available RAM, 80% of a GPU's free memory."""
+    if device.type == "cuda":
+        return int(0.8 * torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(SAFE_FRACTION * psutil.virtual_memory().available)
+
+
+def fusion_settings(precision: str, max_memory: str | None, device: torch.device) -> FusionSettings:
+    """Resolve ``--precision`` and ``--max-memory`` for ``device``."""
+    from pipeline.core.precision import resolve_precision
+
+    budget = parse_memory(max_memory) if max_memory else default_memory_budget(device)
+    return FusionSettings(resolve_precision(precision, device), budget)
+
+
+def tiles_for(height: int, width: int, settings: FusionSettings) -> int | None:
+    """The tile side for a ``height`` x ``width`` pair, or None when it is fused whole."""
+    if settings.max_bytes is None:
+        return None
+    from models.tiling import plan_tiles
+
+    dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float32
+    tile = plan_tiles(height, width, settings.max_bytes, dtype)
+    return None if tile >= max(height, width) else tile
+
+
+def _fuse_grey(
+    model: CoCoNet, vis: np.ndarray, ir: np.ndarray, settings: FusionSettings
+) -> np.ndarray:
+    """Fuse two HxW 0..1 arrays with the network (eval and inference mode, channels-last),
+    whole or in tiles as the memory budget allows, in the settings' precision."""
+    from models.tiling import fuse_tiled
+    from pipeline.core.precision import autocast_context
+
     device = next(model.parameters()).device
+    tile = tiles_for(*vis.shape[:2], settings)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast_context(settings.precision, device):
             tensors = [
                 to_signed(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None])
                 .to(device)
                 .contiguous(memory_format=torch.channels_last)
                 for a in (vis, ir)
             ]
-            fused = model(*tensors)
-            return to_unit(fused).clamp(0, 1)[0, 0].float().cpu().numpy()
+            fused = model(*tensors) if tile is None else fuse_tiled(model, *tensors, tile=tile)
+            return to_unit(fused.float()).clamp(0, 1)[0, 0].cpu().numpy()
     finally:
         model.train(was_training)
 
 
-def fuse_arrays(model: CoCoNet, vis: np.ndarray, ir: np.ndarray) -> np.ndarray:
+def fuse_arrays(
+    model: CoCoNet, vis: np.ndarray, ir: np.ndarray, settings: FusionSettings | None = None
+) -> np.ndarray:
     """Fuse float 0..1 arrays (as ``read_image`` returns): HxW, or HxWx3 output for colour ``vis``.
 
     A colour visible image is fused in YCbCr (Y fused, Cb/Cr kept from the visible image); a
-    colour infrared image is reduced to its luma.
+    colour infrared image is reduced to its luma. ``settings``: precision and memory budget
+    (default fp32, never tiled).
     """
+    settings = settings or FusionSettings()
     ir = to_grey(ir)
     if vis.shape[:2] != ir.shape[:2]:
         raise ValueError(f"visible {vis.shape[:2]} and infrared {ir.shape[:2]} sizes differ")
     if vis.ndim == 2:
-        return _fuse_grey(model, vis, ir)
+        return _fuse_grey(model, vis, ir, settings)
     ycbcr = rgb_to_ycbcr(vis)
-    ycbcr[..., 0] = _fuse_grey(model, ycbcr[..., 0], ir)
+    ycbcr[..., 0] = _fuse_grey(model, ycbcr[..., 0], ir, settings)
     return ycbcr_to_rgb(ycbcr)
 
 
@@ -206,12 +280,13 @@ def fuse_files(
     out_path: Path,
     resize: bool = False,
     bits: int = 8,
+    settings: FusionSettings | None = None,
 ) -> Path:
     """Fuse one pair of files into ``out_path`` (written atomically; a failed write raises
     ImageError naming ``out_path``)."""
     vis, ir = read_pair(Path(vis_path), Path(ir_path), resize)
     check_output(Path(out_path), vis.ndim == 3, bits)
-    return write_image(out_path, fuse_arrays(model, vis, ir), bits=bits)
+    return write_image(out_path, fuse_arrays(model, vis, ir, settings), bits=bits)
 
 
 def fuse_directory(
@@ -220,6 +295,7 @@ def fuse_directory(
     resize: bool = False,
     bits: int = 8,
     progress: Callable[[Iterable], Iterable] = iter,
+    settings: FusionSettings | None = None,
 ) -> list[Path]:
     """Fuse every planned pair; ``progress`` wraps the iteration (e.g. a progress bar)."""
-    return [fuse_files(model, v, i, o, resize, bits) for v, i, o in progress(plan)]
+    return [fuse_files(model, v, i, o, resize, bits, settings) for v, i, o in progress(plan)]

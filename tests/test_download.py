@@ -122,7 +122,8 @@ def server(tiny):
 
 def _params(tmp_path: Path, mirror: str, **download) -> Params:
     settings = {"datasets": ["tinytrain", "tinytest"], "mirror": mirror, "workers": 3,
-                "retries": 0, "vgg19": "none", "sam": "none"} | download  # fmt: skip
+                "retries": 0, "vgg19": "none", "sam": "none", "official": "none"}  # fmt: skip
+    settings |= download
     return Params.model_validate({"download": settings})
 
 

@@ -80,7 +80,9 @@ def trained(tmp_path_factory):
 
 
 def params(**evaluate_section) -> Params:
-    return Params.model_validate({"evaluate": {"gallery_pairs": 1, **evaluate_section}})
+    return Params.model_validate(
+        {"download": {"official": "none"}, "evaluate": {"gallery_pairs": 1, **evaluate_section}}
+    )
 
 
 def test_evaluate_fills_reports_and_the_training_run(trained, monkeypatch):
@@ -188,3 +190,42 @@ def test_ranking_table_bolds_the_best_and_ranks_methods():
 
 def test_directions_cover_every_metric():
     assert set(METRIC_DIRECTION) == set(METRIC_NAMES)
+
+
+OFFICIAL = PROJECT_ROOT.parent / "shared" / "official_coconet" / "latest.pth"
+
+
+@pytest.mark.skipif(not OFFICIAL.is_file(), reason=f"no official-format checkpoint at {OFFICIAL}")
+def test_the_official_model_is_scored_beside_ours_as_a_reference(trained, monkeypatch):
+    from models.official import save_converted
+
+    root, _, _ = trained
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    paths = ProjectPaths(root)
+    save_converted(OFFICIAL, paths.official_model, vgg_weights="random")
+    try:
+        means = evaluate.run(params(references=["official"], precision="fp32"), paths)
+    finally:
+        paths.official_model.unlink()
+    assert list(means)[:2] == ["CoCoNet", "official (reference)"]
+    summary = json.loads(paths.metrics.read_text())
+    assert set(summary["references"]) == {"official"}
+    assert set(summary["baselines"]) == {"average", "max", "laplacian"}
+    assert summary["precision"] == "fp32"
+    text = (paths.evaluation / "report.md").read_text()
+    assert "| official (reference) |" in text and "references" in text
+
+
+def test_references_follow_the_download_unless_set():
+    paper = Params()
+    assert evaluate.reference_names(paper) == ["official"]
+    offline = Params.model_validate({"download": {"official": "none"}})
+    assert evaluate.reference_names(offline) == []
+    assert evaluate.reference_names(params(references=[])) == []
+
+
+def test_a_missing_reference_model_is_a_clear_error(trained, monkeypatch):
+    root, _, _ = trained
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(evaluate.InputError, match="coconet_official.pt: no official model"):
+        evaluate.run(params(references=["official"]), ProjectPaths(root))

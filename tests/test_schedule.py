@@ -1,7 +1,8 @@
 """Scheduled retraining for real: a Prefect server on 127.0.0.1, `coconet schedule --interval`
 serving the retrain flow against a shrunk project copy, a pair dropped into the inbox, and a
-new model version with its lineage at the end. Slow (a few minutes): the whole pipeline runs
-twice (once by `dvc repro`, once by the scheduled flow run)."""
+new model version with its lineage at the end; then a `coconet retrain` whose download fails
+and is rolled back. Slow (a few minutes): the whole pipeline runs twice (once by `dvc repro`,
+once by the scheduled flow run)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +71,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _drop_pair(inbox: Path, name: str) -> None:
     """Write a pair under a hidden name, then rename it: a scan never sees half a pair."""
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(zlib.crc32(name.encode()))  # new bytes per name: no duplicate
     tmp = inbox / f".{name}"
     tmp.mkdir(parents=True)
     ir = rng.random((96, 128)).astype(np.float32)
@@ -86,6 +88,48 @@ def _versions(uri: str) -> list:
         return MlflowClient(uri).search_model_versions("name = 'coconet'")
     except MlflowException:
         return []
+
+
+def _files(root: Path, *names: str) -> dict[str, str]:
+    """sha256 of every file under each of ``names`` (files or folders) in ``root``."""
+    import hashlib
+
+    paths = [
+        p for n in names for p in ([root / n] if (root / n).is_file() else (root / n).rglob("*"))
+    ]
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(paths)
+        if p.is_file()
+    }
+
+
+def _failing_download_rolls_back(root: Path, env: dict[str, str], empty: Path) -> None:
+    """`coconet retrain` with a new pair while every data file is missing (empty mirror and
+    cache): the download stage fails after DVC deleted data/raw and data/weights; the retrain
+    puts them, the catalogue, params and dvc.lock back and leaves the pair in the inbox."""
+    from flows.retrain import lock_is_held
+
+    # a scheduled run started just before `coconet schedule` stopped may still hold the lock
+    _wait(lambda: not lock_is_held(root), 300, "the last scheduled run to end")
+    watched = ("data", "reports", "artifacts", "params.yaml", "dvc.lock", "pipeline/catalogue")
+    before = _files(root, *watched)
+    _drop_pair(root / "inbox", "drop2")
+    empty.mkdir()
+    failed = subprocess.run(
+        [*coconet(root), "retrain"],
+        cwd=root,
+        env={**env, "COCONET_MIRROR": str(empty), "COCONET_CACHE": str(empty)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    last = failed.stderr.strip().splitlines()[-1]
+    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
+    assert last.startswith("error: DvcError: dvc repro --single-item download failed"), last
+    assert "no such file in the mirror" in last
+    assert _files(root, *watched) == before
+    assert not (root / "incoming/drop2").exists() and (root / "inbox/drop2/ir.png").is_file()
 
 
 def test_scheduled_retrain_registers_a_new_version(tmp_path):
@@ -145,6 +189,7 @@ def test_scheduled_retrain_registers_a_new_version(tmp_path):
             ) as response:
                 deployment = json.load(response)
             assert deployment["paused"] is False  # stopping the server process did not pause it
+            _failing_download_rolls_back(root, client_env, tmp_path / "empty")
         finally:
             if serving is not None:
                 _stop(serving)

@@ -12,9 +12,11 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.app import ParamsOption, RootOption, app, fail
+from pipeline.core.errors import CoconetError
 from pipeline.core.params import PARAMS_FILE
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 # --- metrics (pipeline/metrics.py, pipeline/metrics_report.py) ----------------------------
 
@@ -107,8 +109,9 @@ def fuse(
         str,
         typer.Option(
             "--model",
-            help="Checkpoint file (artifacts/model.pt or a training checkpoint) or MLflow URI "
-            "(models:/coconet@champion, runs:/<run_id>/model).",
+            help="Checkpoint file (artifacts/model.pt or a training checkpoint), MLflow URI "
+            "(models:/coconet@champion, runs:/<run_id>/model) or 'official' (the authors' "
+            "trained model: downloaded once, verified, converted and cached).",
         ),
     ] = "artifacts/model.pt",
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
@@ -117,6 +120,21 @@ def fuse(
     ] = False,
     bits: Annotated[int, typer.Option("--bits", help="Output bit depth: 8 or 16.")] = 8,
     ext: Annotated[str, typer.Option("--ext", help="Output format in folder mode.")] = "png",
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="auto (bf16 on CUDA or a CPU with native bf16, else fp32), fp32 or bf16.",
+        ),
+    ] = "auto",
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--max-memory",
+            help="Memory budget, e.g. 3GB; a larger pair is fused in tiles (exact: the attention "
+            "is shared). Default: half the free RAM (80% of free GPU memory).",
+        ),
+    ] = None,
 ) -> None:
     """Fuse an infrared/visible pair (--ir --vis -o OUT) or two folders (--ir-dir --vis-dir -o DIR).
 
@@ -136,6 +154,8 @@ def fuse(
         fail(f"--bits must be 8 or 16, not {bits}", 2)
     if device not in DEVICES:
         fail(f"--device must be one of {', '.join(DEVICES)}, not {device!r}", 2)
+    if precision not in PRECISIONS:
+        fail(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}", 2)
 
     from pipeline.core import imageio
 
@@ -159,23 +179,31 @@ def fuse(
 
     try:
         net = fusion.load_fusion_model(model, device)
+        where = next(net.parameters()).device
+        settings = fusion.fusion_settings(precision, max_memory, where)
+        how = (
+            f"on {where} in {settings.precision} (--precision {precision}), memory budget "
+            f"{settings.max_bytes / 2**30:.1f} GiB"
+        )
         if all(single):
-            imageio.write_image(output, fusion.fuse_arrays(net, vis_image, ir_image), bits=bits)
-            typer.echo(f"wrote {output}")
+            fused = fusion.fuse_arrays(net, vis_image, ir_image, settings)
+            imageio.write_image(output, fused, bits=bits)
+            typer.echo(f"wrote {output}: fused {how}")
         else:
 
             def progress(items):
                 return track(items, description="fusing", total=len(plan), transient=True)
 
-            fusion.fuse_directory(net, plan, resize, bits, progress)
-            typer.echo(f"wrote {len(plan)} fused images to {output}")
-    except (imageio.ImageError, fusion.ModelLoadError) as exc:
+            fusion.fuse_directory(net, plan, resize, bits, progress, settings)
+            typer.echo(f"wrote {len(plan)} fused images to {output}: fused {how}")
+    except CoconetError as exc:
         fail(str(exc))
 
 
 def _check_model_source(source: str) -> None:
-    """A --model that is neither a URI (``scheme:/...``) nor an existing file fails at once."""
-    if ":/" not in source and not Path(source).is_file():
+    """A --model that is neither a URI (``scheme:/...``), 'official' nor an existing file fails
+    at once."""
+    if source != "official" and ":/" not in source and not Path(source).is_file():
         fail(
             f"{source}: no such model file (train one with `uv run dvc repro train`, or pass "
             "--model with a checkpoint path or an MLflow URI such as models:/coconet@champion)"

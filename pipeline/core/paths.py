@@ -29,6 +29,11 @@ class ProjectPaths:
     def weights(self) -> Path:
         return self.data / "weights"
 
+    @property
+    def official_model(self) -> Path:
+        """The authors' trained model, converted by the download stage (download.official)."""
+        return self.weights / "coconet_official.pt"
+
     # --- masks ------------------------------------------------------------------------------
     @property
     def masks(self) -> Path:

@@ -5,7 +5,8 @@ back-off, atomic renames, a cache keyed ``HOST/PATH``, mirrors), several at once
 progress bar.
 
 Outputs: ``data/raw/<dataset>/{ir,vis,mask}/<pair>.png`` (8-bit; grey, colour visible images
-keep colour), ``data/raw/index.csv`` and ``data/weights`` (SAM checkpoint, README.txt); the
+keep colour), ``data/raw/index.csv`` and ``data/weights`` (SAM checkpoint, the authors' CoCoNet
+converted, README.txt); the
 VGG-19 file goes to torchvision's cache. Both folders are built aside and renamed at the end.
 """
 
@@ -111,6 +112,15 @@ def fetch_weights(params: DownloadParams, mirror: str | None, weights_tmp: Path)
         target = weights_tmp / Path(weight.target).name
         _link_or_copy(cached[request.key], target)
         lines.append(_weight_line(weight, weight.target))
+    if params.official == "none":
+        lines.append("CoCoNet official model: not fetched (download.official is none).")
+    else:
+        from pipeline.reference_models import official_checkpoint
+
+        weight = catalogue[("coconet", "official")]
+        target = weights_tmp / Path(weight.target).name
+        official_checkpoint(target, mirror, params.retries)
+        lines.append(_weight_line(weight, f"{weight.target} (converted)"))
     return lines
 
 

@@ -31,6 +31,7 @@ from pipeline.core.paths import ProjectPaths
 from pipeline.core.stage import stage_main
 
 MODEL_NAME = "CoCoNet"
+REFERENCE_MARK = " (reference)"
 
 
 def load_test_split(index_path: Path, max_pairs: int | None = None) -> pd.DataFrame:
@@ -63,14 +64,44 @@ def output_names(test: pd.DataFrame) -> list[str]:
     return [pid.replace("/", "__") for pid in test["pair_id"]]
 
 
-def _methods(model) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+def _methods(
+    models: dict[str, Any], settings
+) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+    """Every method compared: the trained model, the reference models, the classical baselines."""
     from pipeline.evaluation.baselines import BASELINES
     from pipeline.inference import fuse_arrays
 
-    methods = {MODEL_NAME: lambda vis, ir: fuse_arrays(model, vis, ir)}
+    methods = {
+        name: lambda vis, ir, net=net: fuse_arrays(net, vis, ir, settings)
+        for name, net in models.items()
+    }
     for name, fuse in BASELINES.items():
         methods[name] = lambda vis, ir, fuse=fuse: fuse(to_grey(vis), to_grey(ir))
     return methods
+
+
+def reference_names(params: Params) -> list[str]:
+    """The reference models to score: ``evaluate.references``, where ``auto`` means the official
+    model whenever the download stage fetches it."""
+    refs = params.evaluate.references
+    if refs == "auto":
+        return ["official"] if params.download.official != "none" else []
+    return list(refs)
+
+
+def load_references(params: Params, paths: ProjectPaths, device: str) -> dict[str, Any]:
+    """Reference rows of the comparison, by report name (marked as references)."""
+    from pipeline.inference import load_fusion_model
+
+    models = {}
+    for ref in reference_names(params):
+        if not paths.official_model.is_file():
+            raise InputError(
+                f"{paths.official_model}: no official model; set download.official: latest and "
+                "run the download stage, or set evaluate.references: []"
+            )
+        models[f"{ref}{REFERENCE_MARK}"] = load_fusion_model(str(paths.official_model), device)
+    return models
 
 
 def _staging(target: Path) -> Path:
@@ -89,7 +120,7 @@ def _clean(value: float) -> float | None:
 def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:
     """Run the stage; returns the means per method."""
     from pipeline.evaluation.report import write_gallery, write_report
-    from pipeline.inference import load_fusion_model
+    from pipeline.inference import fusion_settings, load_fusion_model
     from pipeline.metrics import METRIC_DIRECTION, METRIC_NAMES, compute_metrics, mean_metrics
     from pipeline.tracking.experiment import read_run_info
 
@@ -97,7 +128,11 @@ def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:
     run_info = read_run_info(paths.run_info)
     test = load_test_split(paths.index, ep.max_pairs)
     model = load_fusion_model(str(paths.model), device="auto")
-    methods = _methods(model)
+    device = next(model.parameters()).device
+    settings = fusion_settings(ep.precision, ep.max_memory, device)
+    print(f"evaluating on {device} in {settings.precision} (evaluate.precision: {ep.precision})")
+    references = load_references(params, paths, "auto")
+    methods = _methods({MODEL_NAME: model, **references}, settings)
     names = output_names(test)
 
     out = _staging(paths.evaluation)  # swapped in at the end: no stale or partial outputs
@@ -136,8 +171,15 @@ def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:
         **{k: _clean(v) for k, v in means[MODEL_NAME].items()},
         "n_pairs": len(pairs),
         "convention": ep.convention,
+        "precision": settings.precision,
         "baselines": {
-            m: {k: _clean(v) for k, v in means[m].items()} for m in methods if m != MODEL_NAME
+            m: {k: _clean(v) for k, v in means[m].items()}
+            for m in methods
+            if m != MODEL_NAME and m not in references
+        },
+        "references": {
+            m.removesuffix(REFERENCE_MARK): {k: _clean(v) for k, v in means[m].items()}
+            for m in references
         },
     }
     context = {
@@ -145,6 +187,11 @@ def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:
         "metric convention": ep.convention,
         "model": f"{paths.model.relative_to(paths.root)} (MLflow run {run_info['run_id']})",
         "VGG-19 weights": str(run_info.get("vgg_weights", "?")),
+        "precision": f"{settings.precision} (evaluate.precision: {ep.precision})",
+        "references": ", ".join(references) + " (the authors' trained model, same split and "
+        "convention)"
+        if references
+        else "none",
     }
     write_report(out / "report.md", means, METRIC_DIRECTION, context, gallery, mean_seconds)
     shutil.rmtree(paths.evaluation, ignore_errors=True)
@@ -166,7 +213,10 @@ def _log_to_mlflow(
     mlflow.set_tracking_uri(attach_uri(run_info, paths.root))
     metrics = {}
     for method, values in means.items():
-        prefix = "eval_" if method == MODEL_NAME else f"eval_{method}_"
+        slug = method.removesuffix(REFERENCE_MARK) + (
+            "_reference" if REFERENCE_MARK in method else ""
+        )
+        prefix = "eval_" if method == MODEL_NAME else f"eval_{slug}_"
         metrics.update({prefix + k: v for k, v in values.items() if not math.isnan(v)})
     with mlflow.start_run(run_id=run_info["run_id"]):
         mlflow.log_metrics(metrics)
