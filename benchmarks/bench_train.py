@@ -90,10 +90,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=30, help="patches per step")
     parser.add_argument("--size", type=int, default=64, help="patch side")
     parser.add_argument("--curve-steps", type=int, default=0, help="fp32 vs bf16 loss curves")
-    parser.add_argument("--cpu-only", action="store_true", help="skip CUDA even if present")
+    parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all")
     args = parser.parse_args()
-    devices = [torch.device("cpu")]
-    if torch.cuda.is_available() and not args.cpu_only:
+    devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
+    if torch.cuda.is_available() and args.device in ("all", "cuda"):
         devices.append(torch.device("cuda"))
     print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}")
     print(f"batch {args.batch}, {args.size}x{args.size} patches, {args.steps} timed steps")
