@@ -332,3 +332,23 @@ def test_params_file_without_the_stage_section_is_refused(tmp_path, tiny_params,
     assert load_params(params_file).evaluate.convention == "matlab"  # other sections: defaults
     with pytest.raises(ParamsError, match="no 'train' section"):
         load_params(params_file, require=["train"])
+
+
+def test_the_network_is_fed_and_read_on_its_signed_scale(tiny_params):
+    """Training feeds the network [-1, 1] inputs (as the official code and inference do) and
+    reads its tanh output back to [0, 1] for the losses."""
+    from pipeline.training.distributed import Runtime
+
+    batch = torch.zeros(4, 3, 32, 32)
+    batch[:, 1] = 1.0  # visible black, infrared white
+    net = trainer.Trainer(tiny_params(), batch, Runtime(device=torch.device("cpu")))
+    seen = []
+
+    def spy(module, args):
+        seen.append([float(a.min()) for a in args] + [float(a.max()) for a in args])
+
+    net.model.register_forward_pre_hook(spy)
+    losses = net.step(batch, phase=1)
+    vis_min, ir_min, vis_max, ir_max = seen[0]
+    assert (vis_min, vis_max, ir_min, ir_max) == (-1.0, -1.0, 1.0, 1.0)
+    assert torch.isfinite(losses).all()
