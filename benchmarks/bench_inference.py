@@ -32,7 +32,7 @@ from models.scaling import to_signed, to_unit  # noqa: E402
 VARIANTS = ("naive", "fast", "fuse_arrays")
 
 
-def _rss_high_water_kib(reset: bool = False) -> int:
+def rss_high_water_kib(reset: bool = False) -> int:
     """The resident set's high-water mark (KiB); ``reset`` first lowers it to the current RSS."""
     status = Path("/proc/self/status")
     if reset:
@@ -95,7 +95,7 @@ def _measure(variant: str, device_name: str, width: int, height: int, runs: int,
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = _rss_high_water_kib(reset=True)
+        base = rss_high_water_kib(reset=True)
     times = []
     for _ in range(runs):
         tic = time.perf_counter()
@@ -105,7 +105,7 @@ def _measure(variant: str, device_name: str, width: int, height: int, runs: int,
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = (_rss_high_water_kib() - base) * 1024
+        peak = (rss_high_water_kib() - base) * 1024
     if isinstance(out, torch.Tensor):
         out = to_unit(out.float()).clamp(0, 1)[0, 0].cpu().numpy()
     return statistics.median(times), peak, out

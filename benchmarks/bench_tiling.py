@@ -17,10 +17,7 @@ autocast, and fits peak bytes = a * pixels + b: the constants of ``models.tiling
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing as mp
-import re
-import resource
 import sys
 import time
 from pathlib import Path
@@ -30,19 +27,7 @@ import torch
 
 # This checkout's packages, not an installed copy (spawned workers import this module too).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-
-def _rss_high_water_kib(reset: bool = False) -> int:
-    """The resident set's high-water mark (KiB); ``reset`` first lowers it to the current RSS."""
-    status = Path("/proc/self/status")
-    if reset:
-        with contextlib.suppress(OSError):  # not allowed everywhere: then no reset
-            Path("/proc/self/clear_refs").write_text("5")
-    if status.is_file():
-        match = re.search(r"VmHWM:\s+(\d+)", status.read_text())
-        if match:
-            return int(match.group(1))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+from benchmarks.bench_inference import rss_high_water_kib  # noqa: E402
 
 
 def _measure(
@@ -58,12 +43,12 @@ def _measure(
     model = CoCoNet(vgg_weights="random").eval().to(memory_format=torch.channels_last)
     vis, ir = (torch.rand(1, 1, height, width) * 2 - 1 for _ in range(2))
     vis, ir = (t.contiguous(memory_format=torch.channels_last) for t in (vis, ir))
-    base = _rss_high_water_kib(reset=True)
+    base = rss_high_water_kib(reset=True)
     tic = time.perf_counter()
     with autocast_context(precision, "cpu"), torch.inference_mode():
         out = model(vis, ir) if tile is None else fuse_tiled(model, vis, ir, tile)
     seconds = time.perf_counter() - tic
-    peak = (_rss_high_water_kib() - base) * 1024
+    peak = (rss_high_water_kib() - base) * 1024
     result = {"seconds": seconds, "peak": peak, "shape": tuple(out.shape)}
     if keep_output:
         result["grey"] = torch.round(out.float().add(1).div(2).clamp(0, 1) * 255)[0, 0].numpy()

@@ -43,14 +43,22 @@ def lock_path(root: Path) -> Path:
     return ProjectPaths(root).dvc_tmp / LOCK_NAME
 
 
-def lock_is_held(root: Path) -> bool:
-    """Whether another retrain holds the lock right now (tries it without waiting)."""
+def try_lock(root: Path) -> FileLock | None:
+    """The retrain lock, acquired without waiting; None when another retrain holds it."""
     path = lock_path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path))
     try:
         lock.acquire(timeout=0)
     except Timeout:
+        return None
+    return lock
+
+
+def lock_is_held(root: Path) -> bool:
+    """Whether another retrain holds the lock right now."""
+    lock = try_lock(root)
+    if lock is None:
         return True
     lock.release()
     return False
@@ -123,14 +131,10 @@ def retrain(
     root = Path(project_dir or PROJECT_ROOT).resolve()
     inbox_dir = Path(inbox) if inbox else inbox_mod.default_inbox(root)
     logger = run_logger()
-    path = lock_path(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
+    lock = try_lock(root)
+    if lock is None:
         logger.warning(busy_message(root))
-        return {"status": "busy", "lock": str(path)}
+        return {"status": "busy", "lock": str(lock_path(root))}
     try:
         found = scan(str(inbox_dir), str(root))
         new, duplicate = found["new"], found["duplicate"]
