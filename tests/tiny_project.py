@@ -17,6 +17,7 @@ TINY_PARAMS = [
     "download.datasets=[tno40, tno_masked]",
     "download.vgg19=none",
     "download.sam=none",
+    "download.official=none",
     "download.workers=2",
     "model.vgg_weights=random",
     "masks.method=ir_saliency",
