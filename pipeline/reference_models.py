@@ -19,18 +19,18 @@ REFERENCE_MODELS = (OFFICIAL,)
 CONVERTED_VGG_FILL = "random"
 
 
-def _official_request() -> tuple[Request, str]:
+def _official_request() -> Request:
     weight = load_weights()[("coconet", OFFICIAL)]
     hint = (
         f"Offline? Set {MIRROR_ENV} (or download.mirror) to a mirror holding it, or convert a "
         "copy you have with: coconet import-official PATH -o OUT.pt"
     )
-    return Request(url_key(weight.url), weight.url, weight.known_hash, hint), weight.known_hash
+    return Request(url_key(weight.url), weight.url, weight.known_hash, hint)
 
 
 def fetch_official(mirror: str | None = None, retries: int = 3) -> Path:
     """The official checkpoint file in the download cache (fetched and verified if needed)."""
-    request, _ = _official_request()
+    request = _official_request()
     folder = cache_dir()
     return fetch_all([request], folder, resolve_mirror(mirror or ""), workers=1, retries=retries)[
         request.key
@@ -46,8 +46,7 @@ def official_checkpoint(
     """
     from models.official import save_converted
 
-    request, known_hash = _official_request()
-    blob = known_hash.split(":", 1)[1][:12]
+    blob = _official_request().known_hash.split(":", 1)[1][:12]
     target = target or cache_dir() / "converted" / f"coconet_official-{blob}.pt"
     if target.is_file():
         return target

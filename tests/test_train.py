@@ -352,3 +352,28 @@ def test_the_network_is_fed_and_read_on_its_signed_scale(tiny_params):
     vis_min, ir_min, vis_max, ir_max = seen[0]
     assert (vis_min, vis_max, ir_min, ir_max) == (-1.0, -1.0, 1.0, 1.0)
     assert torch.isfinite(losses).all()
+
+
+OFFICIAL_FILE = PROJECT_ROOT.parent / "shared" / "official_coconet" / "latest.pth"
+
+
+@pytest.mark.skipif(not OFFICIAL_FILE.is_file(), reason=f"no official checkpoint {OFFICIAL_FILE}")
+def test_fine_tuning_starts_from_a_converted_official_checkpoint(tmp_path, tiny_params):
+    """train.init_from: every tensor from the file except the VGG layers it lacks, which keep
+    model.vgg_weights."""
+    from models.official import save_converted
+    from pipeline.training.distributed import Runtime
+
+    converted = tmp_path / "official.pt"
+    save_converted(OFFICIAL_FILE, converted, vgg_weights="random")
+    file_state = torch.load(converted, weights_only=True)["state_dict"]
+    torch.manual_seed(1)
+    batch = torch.rand(4, 3, 32, 32)
+    net = trainer.Trainer(
+        tiny_params(init_from=str(converted)), batch, Runtime(device=torch.device("cpu"))
+    )
+    state = net.model.state_dict()
+    assert torch.equal(state["mam8.attention.gamma"], file_state["mam8.attention.gamma"])
+    assert torch.equal(state["vgg.features.0.weight"], file_state["vgg.features.0.weight"])
+    deep = "vgg.features.{}.weight".format(trainer.vgg_keys(["conv5_1"])[0].split(".")[2])
+    assert not torch.equal(state[deep], file_state[deep])  # not from the file: model.vgg_weights
