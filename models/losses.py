@@ -317,7 +317,7 @@ class CoupledContrastiveLoss(nn.Module):
             bg = 1 - fg
             fore = self._term(f[chosen] * fg, i[chosen] * fg, v[neg_index] * fg)
             back = self._term(f[chosen] * bg, v[chosen] * bg, i[neg_index] * bg)
-            values = values.index_put((chosen,), fore + back)
+            values = values.index_put((chosen,), (fore + back).to(values.dtype))
         if reduction == "mean":
             return values.sum() / has_mask.sum().clamp_min(1)
         return _reduce(values, reduction)

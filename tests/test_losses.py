@@ -368,3 +368,18 @@ def test_contrastive_batch_mode_pulls_empty_mask_samples_to_the_visible_image(vg
         background = _official_contrastive(vgg, fused, vis, ir, empty, negatives, ("back",))
         torch.testing.assert_close(official(fused, vis, ir, empty), background)
         assert CoupledContrastiveLoss(vgg, mode="per_sample")(fused, vis, ir, empty) == 0
+
+
+@pytest.mark.parametrize("mode", ["batch", "per_sample"])
+def test_contrastive_loss_runs_under_bf16_autocast(mode):
+    """Training autocasts the contrastive VGG to bf16; both modes must accept it."""
+    torch.manual_seed(0)
+    vgg = VGG19Features("random")
+    fused = torch.rand(4, 1, 32, 32, requires_grad=True)
+    vis, ir = torch.rand(4, 1, 32, 32), torch.rand(4, 1, 32, 32)
+    mask = torch.zeros(4, 1, 32, 32)
+    mask[::2, :, 8:16, 8:16] = 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = CoupledContrastiveLoss(vgg, mode=mode)(fused, vis, ir, mask).float()
+    loss.backward()
+    assert torch.isfinite(loss) and fused.grad is not None
