@@ -236,6 +236,10 @@ class CoupledContrastiveLoss(nn.Module):
     than M draws from the pairs available, repeating pairs (a batch of one uses its own pair M
     times), as the official code's fixed split of a batch of 30 into three groups cannot.
 
+    The anchors go through the VGG in one batch and the (no-grad) positives and negatives in
+    another, each distinct masked image once: an anchor without a mask shares its unmasked
+    positive and negatives with the other such anchors (see ``_ContrastPlan``).
+
     ``eps`` is added to each denominator (0 as in the official code). The VGG sees the images on
     the network's [-1, 1] scale, masked after scaling, as in the official code. ``vgg`` is the
     model's frozen ``VGG19Features`` (shared weights; nothing here is trained). H and W must be
@@ -261,30 +265,6 @@ class CoupledContrastiveLoss(nn.Module):
         self.eps = eps
         self.mode = mode
 
-    def _distances(self, anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor):
-        """anchor, positive (n,1,H,W); negatives (M,n,1,H,W) -> per layer (L1 to the positive
-        (n,), L1 to the negatives (M, n)), each the mean absolute difference per sample."""
-        m, n = negatives.shape[:2]
-        anchor_taps = self.vgg.contrast_taps(anchor)
-        with torch.no_grad():
-            targets = self.vgg.contrast_taps(torch.cat([positive, negatives.flatten(0, 1)]))
-        for a, t in zip(anchor_taps, targets, strict=True):
-            pos, neg = t[:n], t[n:].unflatten(0, (m, n))
-            yield (
-                (a - pos).abs().flatten(1).mean(1),
-                (a.unsqueeze(0) - neg).abs().flatten(2).mean(2),
-            )
-
-    def _term(self, anchor, positive, negatives) -> torch.Tensor:
-        """(n,) per-sample values, or a 0-d batch value in ``"batch"`` mode."""
-        total = 0
-        distances = self._distances(anchor, positive, negatives)
-        for weight, (l1_pos, l1_neg) in zip(self.layer_weights, distances, strict=True):
-            if self.mode == "batch":
-                l1_pos, l1_neg = l1_pos.mean(), l1_neg.mean(1)
-            total = total + weight * l1_pos / (l1_neg.sum(0) + self.eps)
-        return total
-
     def forward(
         self,
         fused: torch.Tensor,
@@ -293,31 +273,95 @@ class CoupledContrastiveLoss(nn.Module):
         mask: torch.Tensor,
         reduction: Reduction = "mean",
     ) -> torch.Tensor:
+        if self.mode == "batch" and reduction != "mean":
+            raise ValueError("mode='batch' is a ratio of batch means: only reduction='mean'")
         batch = fused.shape[0]
         has_mask = mask.flatten(1).amax(1) > 0
-        f, v, i = (to_signed(t) for t in (fused, vis, ir))
-        offsets = torch.arange(self.negatives, device=fused.device).unsqueeze(1)
-        if self.mode == "batch":
-            if reduction != "mean":
-                raise ValueError("mode='batch' is a ratio of batch means: only reduction='mean'")
-            everyone = torch.arange(batch, device=fused.device)
-            bg = 1 - mask
-            back = self._term(f * bg, v * bg, i[(everyone + offsets) % batch] * bg)
-            chosen = has_mask.nonzero().squeeze(1)
-            if not chosen.numel():
-                return back
-            fg = mask[chosen]
-            neg_index = (chosen.unsqueeze(0) + offsets) % batch  # (M, n)
-            return back + self._term(f[chosen] * fg, i[chosen] * fg, v[neg_index] * fg)
-        values = fused.flatten(1).sum(1) * 0  # keeps the graph when no sample has a mask
         chosen = has_mask.nonzero().squeeze(1)
-        if chosen.numel():
-            neg_index = (chosen.unsqueeze(0) + offsets) % batch  # (M, n)
-            fg = mask[chosen]
-            bg = 1 - fg
-            fore = self._term(f[chosen] * fg, i[chosen] * fg, v[neg_index] * fg)
-            back = self._term(f[chosen] * bg, v[chosen] * bg, i[neg_index] * bg)
-            values = values.index_put((chosen,), (fore + back).to(values.dtype))
+        values = fused.flatten(1).sum(1) * 0  # keeps the graph when nothing is an anchor
+        if self.mode == "per_sample" and not chosen.numel():
+            return values.sum() if reduction == "mean" else _reduce(values, reduction)
+        back = torch.arange(batch, device=fused.device) if self.mode == "batch" else chosen
+        plan = _ContrastPlan(batch, self.negatives, has_mask, back, chosen)
+        f, v, i = (to_signed(t) for t in (fused, vis, ir))
+        masks = torch.cat([1 - mask, mask, torch.ones_like(mask[:1])])  # the plan's mask ids
+        anchors = self.vgg.contrast_taps(f[plan.anchor_images] * masks[plan.anchor_masks])
+        with torch.no_grad():  # each distinct masked source image once
+            sources = torch.stack([v, i])
+            targets = self.vgg.contrast_taps(
+                sources[plan.target_sources, plan.target_images] * masks[plan.target_masks]
+            )
+        fore, back_value = 0, 0
+        for weight, a, t in zip(self.layer_weights, anchors, targets, strict=True):
+            for term, (rows, pos, neg) in enumerate(plan.terms):
+                if not len(rows):
+                    continue
+                l1_pos = (a[rows] - t[pos]).abs().flatten(1).mean(1)
+                l1_neg = (a[rows].unsqueeze(0) - t[neg]).abs().flatten(2).mean(2)
+                if self.mode == "batch":
+                    l1_pos, l1_neg = l1_pos.mean(), l1_neg.mean(1)
+                ratio = weight * l1_pos / (l1_neg.sum(0) + self.eps)
+                if term == 0:
+                    back_value = back_value + ratio
+                else:
+                    fore = fore + ratio
+        if self.mode == "batch":
+            return back_value + fore
+        values = values.index_put((chosen,), (fore + back_value).to(values.dtype))
         if reduction == "mean":
             return values.sum() / has_mask.sum().clamp_min(1)
         return _reduce(values, reduction)
+
+
+class _ContrastPlan:
+    """Which images the contrastive loss sends through the VGG, each distinct one once.
+
+    Mask ids index ``cat([1 - mask, mask, ones])``: ``b`` is sample b's background, ``B + b`` its
+    foreground, ``2B`` no mask. A background anchor without a mask uses ``2B``, so its positive
+    and negatives are the unmasked source images, which other such anchors share (pair b's
+    infrared image is a negative of anchors b, b-1, ..., b-M+1). ``terms`` holds, for the
+    background and the foreground term, (rows of the anchor batch, (n,) positive rows and
+    (M, n) negative rows of the target batch).
+    """
+
+    def __init__(
+        self,
+        batch: int,
+        negatives: int,
+        has_mask: torch.Tensor,
+        back: torch.Tensor,
+        fore: torch.Tensor,
+    ) -> None:
+        device = has_mask.device
+        none = torch.full_like(back, 2 * batch)
+        back_masks = torch.where(has_mask[back], back, none)
+        fore_masks = fore + batch
+        self.anchor_images = torch.cat([back, fore])
+        self.anchor_masks = torch.cat([back_masks, fore_masks])
+        offsets = torch.arange(negatives, device=device).unsqueeze(1)
+        keys = []  # (mask id * 2 + source) * batch + image; source 0 visible, 1 infrared
+        for anchors, mask_ids, positive, negative in (
+            (back, back_masks, 0, 1),
+            (fore, fore_masks, 1, 0),
+        ):
+            pos = (mask_ids * 2 + positive) * batch + anchors
+            neg = (mask_ids * 2 + negative) * batch + (anchors + offsets) % batch
+            keys.append((pos, neg))
+        flat = torch.cat([torch.cat([pos, neg.flatten()]) for pos, neg in keys])
+        unique, inverse = torch.unique(flat, return_inverse=True)
+        self.target_images = unique % batch
+        self.target_sources = (unique // batch) % 2
+        self.target_masks = unique // (2 * batch)
+        self.terms = []
+        start, row = 0, 0
+        for anchors, (_, neg) in zip((back, fore), keys, strict=True):
+            n = len(anchors)
+            rows = torch.arange(row, row + n, device=device)
+            self.terms.append(
+                (
+                    rows,
+                    inverse[start : start + n],
+                    inverse[start + n : start + n + neg.numel()].view(negatives, n),
+                )
+            )
+            start, row = start + n + neg.numel(), row + n

@@ -383,3 +383,24 @@ def test_contrastive_loss_runs_under_bf16_autocast(mode):
         loss = CoupledContrastiveLoss(vgg, mode=mode)(fused, vis, ir, mask).float()
     loss.backward()
     assert torch.isfinite(loss) and fused.grad is not None
+
+
+def test_contrastive_sends_each_distinct_image_through_the_vgg_once():
+    """Batch mode: anchors without a mask share their unmasked positives and negatives."""
+    from models.losses import _ContrastPlan
+
+    batch = 6
+    has_mask = torch.tensor([True, False, False, False, False, False])
+    everyone, chosen = torch.arange(batch), has_mask.nonzero().squeeze(1)
+    plan = _ContrastPlan(batch, 3, has_mask, everyone, chosen)
+    # unmasked: 5 visible positives and all 6 infrared images as negatives; sample 0's
+    # background: 1 + 3, its foreground: 1 + 3
+    assert len(plan.target_images) == 5 + 6 + 4 + 4
+    assert len(plan.anchor_images) == batch + 1
+    rows, pos, neg = plan.terms[0]
+    assert neg.shape == (3, batch) and pos.shape == (batch,)
+    for b in range(1, batch):  # unmasked anchor b: its own visible, infrared b, b+1, b+2
+        assert plan.target_masks[pos[b]] == 2 * batch and plan.target_sources[pos[b]] == 0
+        negatives = plan.target_images[neg[:, b]].tolist()
+        assert negatives == [(b + k) % batch for k in range(3)]
+        assert (plan.target_sources[neg[:, b]] == 1).all()
