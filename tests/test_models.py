@@ -125,6 +125,30 @@ def _with_gamma(module: ChannelAttention, gamma: torch.Tensor, x: torch.Tensor) 
     return torch.func.functional_call(module, {"gamma": gamma}, (x,))
 
 
+def test_mam_training_gradients_equal_the_stacked_convolution():
+    """In training the frozen VGG streams are convolved apart (no input gradient for them):
+    the values and every gradient are those of the convolution over the stacked streams."""
+    torch.manual_seed(5)
+    mam = MultiLevelAttention(8).double()
+    mam.attention.gamma.data.fill_(0.4)
+    unet = torch.randn(2, 8, 6, 6, dtype=torch.float64, requires_grad=True)
+    vis, ir = (torch.randn(2, 8, 6, 6, dtype=torch.float64) for _ in range(2))
+    split = mam(unet, vis, ir)
+    stacked = torch.cat([unet, vis, ir])  # one tensor: the plain convolution over all streams
+    ca = mam.attention
+    plain = ca.attend(stacked, ca.attention_from_energy(ca.energy(stacked)))
+    plain = mam.fuse(torch.cat(plain.chunk(3), dim=1))
+    torch.testing.assert_close(split, plain)
+    params = [unet, *mam.parameters()]
+    weights = torch.randn_like(split)
+    for got, expected in zip(
+        torch.autograd.grad((split * weights).sum(), params),
+        torch.autograd.grad((plain * weights).sum(), params),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, expected)
+
+
 def test_mam_shares_one_attention_over_three_streams():
     torch.manual_seed(4)
     mam = MultiLevelAttention(8)
