@@ -2,47 +2,43 @@
 
 Compares the inference path of ``coconet fuse`` (eval mode, ``torch.inference_mode``,
 channels-last weights and inputs, the VGG-19 run once over both sources) with a naive baseline
-(eval mode, NCHW, autograd recording as in a plain ``model(vis, ir)`` call), and the
-end-to-end ``pipeline.fuse.fuse_arrays`` (numpy in and out). Each variant runs in its own
-process, with the same seeded random weights; the benchmark asserts that all outputs match.
+(eval mode, NCHW, autograd recording as in a plain ``model(vis, ir)`` call), the same fast path
+under bf16 autocast (speed ratio and the largest 8-bit difference, target at most 2 grey
+levels), and the end-to-end ``pipeline.inference.fuse_arrays`` (numpy in and out). Each
+variant runs in its own process, with the same seeded random weights; the benchmark asserts
+that the fp32 outputs match.
 Prints the median of ``--runs`` timed runs after ``--warmup`` runs, pairs per second and peak
 memory (CPU: growth of the resident set's high-water mark, reset through /proc/self/clear_refs
 where possible, else the ``getrusage`` maxrss delta; CUDA: ``torch.cuda.max_memory_allocated``).
 
     uv run python benchmarks/bench_inference.py [--size 640x480] [--runs 5] [--warmup 1]
-        [--device all|cpu|cuda]
+        [--device all|cpu|cuda] [--no-large]
+
+Then, unless ``--no-large``, the large-image targets (``bench_tiling.large_image_report``):
+a 4000x3000 pair fused in tiles within a 3 GB budget must peak at most at 3 GB, and its time per
+pixel is compared with an untiled 1280x1024 pair's (target: no slower).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing as mp
-import re
-import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+# This checkout's packages, not an installed copy (spawned workers import this module too).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.bench_tiling import large_image_report  # noqa: E402
+from benchmarks.peak_memory import rss_high_water_kib  # noqa: E402
 from models.scaling import to_signed, to_unit  # noqa: E402
 
-VARIANTS = ("naive", "fast", "fuse_arrays")
-
-
-def rss_high_water_kib(reset: bool = False) -> int:
-    """The resident set's high-water mark (KiB); ``reset`` first lowers it to the current RSS."""
-    status = Path("/proc/self/status")
-    if reset:
-        with contextlib.suppress(OSError):  # not allowed everywhere: then no reset
-            Path("/proc/self/clear_refs").write_text("5")
-    if status.is_file():
-        match = re.search(r"VmHWM:\s+(\d+)", status.read_text())
-        if match:
-            return int(match.group(1))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+VARIANTS = ("naive", "fast", "fast_bf16", "fuse_arrays")
+BF16_MAX_GREY_LEVELS = 2  # bf16 vs fp32 fused output, 8-bit
 
 
 def _inputs(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,6 +51,7 @@ def _inputs(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
 def _measure(variant: str, device_name: str, width: int, height: int, runs: int, warmup: int):
     """Run in a fresh process: (median seconds, peak memory bytes, output array)."""
     from models.coconet import CoCoNet
+    from pipeline.core.precision import autocast_context
     from pipeline.inference import fuse_arrays
 
     device = torch.device(device_name)
@@ -70,12 +67,13 @@ def _measure(variant: str, device_name: str, width: int, height: int, runs: int,
             with torch.enable_grad():
                 return model(vis, ir).detach()
 
-    elif variant == "fast":
+    elif variant in ("fast", "fast_bf16"):
         model = model.to(memory_format=torch.channels_last)
         vis_cl, ir_cl = (t.contiguous(memory_format=torch.channels_last) for t in (vis, ir))
+        precision = "bf16" if variant == "fast_bf16" else "fp32"
 
         def call():
-            with torch.inference_mode():
+            with autocast_context(precision, device), torch.inference_mode():
                 return model(vis_cl, ir_cl)
 
     else:
@@ -117,6 +115,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="all", choices=["all", "cpu", "cuda"])
+    parser.add_argument(
+        "--large",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the large-image targets: a 4000x3000 pair tiled in 3 GB (CPU, a few minutes)",
+    )
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
@@ -144,10 +148,17 @@ def main() -> None:
         print(f"fast vs naive: {naive_s / fast_s:.2f}x faster, "
               f"peak memory {fast_peak / 2**20:.0f} vs {naive_peak / 2**20:.0f} MiB")  # fmt: skip
         reference = results["naive"][2]
-        for variant in VARIANTS[1:]:
+        for variant in ("fast", "fuse_arrays"):
             diff = np.abs(results[variant][2] - reference).max()
             assert np.allclose(results[variant][2], reference, atol=1e-4), (variant, diff)
             print(f"outputs match: {variant} vs naive, max |diff| = {diff:.2e}")
+        bf16_s, _, bf16_out = results["fast_bf16"]
+        grey = np.abs(np.round(bf16_out * 255) - np.round(results["fast"][2] * 255)).max()
+        verdict = "met" if grey <= BF16_MAX_GREY_LEVELS else "MISSED"
+        print(f"bf16 vs fp32 (fast): {fast_s / bf16_s:.2f}x faster, outputs {grey:.0f} grey "
+              f"levels apart (target <= {BF16_MAX_GREY_LEVELS}: {verdict})")  # fmt: skip
+    if args.large:
+        large_image_report(budget_gb=3.0, precision="fp32", threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":
