@@ -12,9 +12,9 @@ import torch
 
 from models.tiling import TileBudgetError
 from pipeline.core.imageio import read_image, to_uint8, write_image
-from pipeline.inference import (
+from pipeline.fusion import (
     FusionSettings,
-    ModelLoadError,
+    FusionSettingsError,
     fuse_arrays,
     fusion_settings,
     parse_memory,
@@ -28,7 +28,7 @@ def test_parse_memory_units():
     assert parse_memory("800mb") == 800 * 10**6
     assert parse_memory("4096") == 4096
     for bad in ("lots", "-1GB", "3XB"):
-        with pytest.raises(ModelLoadError, match="memory size"):
+        with pytest.raises(FusionSettingsError, match="memory size"):
             parse_memory(bad)
 
 
@@ -104,3 +104,24 @@ def test_cli_prints_the_precision_and_refuses_a_hopeless_budget(model_checkpoint
     assert "Traceback" not in tiny.stderr
     bad = _fuse_cli(model_checkpoint, tmp_path / "bad", "--precision", "fp16")
     assert bad.returncode == 2 and "--precision must be one of" in bad.stderr
+
+
+def test_the_served_model_fuses_a_large_pair_in_tiles(random_model, monkeypatch):
+    """The MLflow pyfunc model fuses as `coconet fuse` does: a pair larger than its memory
+    budget (half the free memory) is tiled, not run whole."""
+    from models import tiling
+    from models.tiling import estimate_bytes
+    from pipeline import fusion
+    from pipeline.tracking.pyfunc_model import FusionModel
+
+    vis, ir = _pair(200, 296)
+    budget = estimate_bytes(200, 296, 64)
+    monkeypatch.setattr(fusion, "default_memory_budget", lambda device: budget)
+    calls = []
+    real = tiling.fuse_tiled
+    monkeypatch.setattr(fusion, "fuse_tiled", lambda *a, **k: calls.append(k) or real(*a, **k))
+    served = FusionModel(random_model, precision="fp32")
+    fused = np.asarray(served.predict({"vis": vis, "ir": ir})["fused"], dtype=np.float32)
+    assert calls and calls[0]["tile"] < 296
+    whole = to_uint8(fuse_arrays(random_model, vis, ir)).astype(int)
+    assert np.abs(to_uint8(fused).astype(int) - whole).max() <= 1

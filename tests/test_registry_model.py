@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import os
 import pickle
@@ -27,6 +28,7 @@ from pipeline.cli import app
 from pipeline.core.imageio import write_image
 from pipeline.core.params import Params
 from pipeline.core.paths import ProjectPaths
+from pipeline.fusion import fuse_arrays, fusion_settings
 from pipeline.inference import ModelLoadError, load_fusion_model
 from pipeline.stages import register as reg
 from pipeline.tracking import pyfunc_model
@@ -163,7 +165,10 @@ def test_pyfunc_predict_request_forms(store, random_model):
     rng = np.random.default_rng(0)
     vis, ir = rng.random((20, 28)).astype(np.float32), rng.random((20, 28)).astype(np.float32)
     served = mlflow.pyfunc.load_model("models:/coconet@champion")
-    expected = pyfunc_model.fuse(random_model, vis, ir)
+    # fused as `coconet fuse` fuses: precision auto, the default memory budget
+    settings = fusion_settings("auto", None, torch.device("cpu"))
+    reference = copy.deepcopy(random_model).to(memory_format=torch.channels_last)  # as served
+    expected = fuse_arrays(reference, vis, ir, settings)
 
     lists = served.predict(pd.DataFrame([{"vis": vis.tolist(), "ir": ir.tolist()}] * 2))
     assert list(lists.columns) == ["fused"] and len(lists) == 2

@@ -19,7 +19,9 @@ REST (``mlflow models serve -m models:/coconet@champion --env-manager local``), 
 Images are base64 file bytes (PNG, BMP, JPEG or TIFF; 8 or 16 bit; a colour visible image gives
 a colour result, fused in YCbCr) or nested lists of floats on 0..1 (HxW grey or HxWx3 RGB), in
 which case ``fused`` is a nested list of floats on 0..1 too. ``{"inputs": {"vis": ..., "ir":
-...}}`` fuses one pair the same way. Both images of a pair must have the same size.
+...}}`` fuses one pair the same way. Both images of a pair must have the same size. Requests
+are fused as ``coconet fuse`` fuses (:func:`pipeline.fusion.fuse_arrays`): precision ``auto``
+and, for a pair too large for half the free memory, exact tiles.
 """
 
 from __future__ import annotations
@@ -35,10 +37,9 @@ import numpy as np
 import torch
 
 from models.coconet import CoCoNet
-from models.scaling import to_signed, to_unit
-from pipeline.core.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from pipeline.core.errors import CoconetError
-from pipeline.core.imageio import ImageError, read_image, to_grey, write_image
+from pipeline.core.imageio import ImageError, read_image, write_image
+from pipeline.fusion import fuse_arrays, fusion_settings
 
 FORMAT, FORMAT_VERSION = "coconet-safetensors", 1
 DATA_DIR, CONFIG_FILE, WEIGHTS_FILE = "coconet", "config.json", "model.safetensors"
@@ -188,25 +189,8 @@ def load_model_dir(path: str | Path) -> CoCoNet:
 def _load_pyfunc(data_path: str) -> FusionModel:
     """MLflow's entry point (``mlflow.pyfunc.load_model``, ``mlflow models serve``)."""
     model = load_weights(data_path)
-    return FusionModel(model.to("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def fuse(model: CoCoNet, vis: np.ndarray, ir: np.ndarray) -> np.ndarray:
-    """Fuse 0..1 arrays (``vis`` HxW or HxWx3, ``ir`` HxW or HxWx3 reduced to luma)."""
-    ir = to_grey(ir)
-    if vis.shape[:2] != ir.shape[:2]:
-        raise ImageError(f"visible {vis.shape[:2]} and infrared {ir.shape[:2]} sizes differ")
-    ycbcr = rgb_to_ycbcr(vis) if vis.ndim == 3 else None
-    luma = ycbcr[..., 0] if ycbcr is not None else vis
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        pair = [torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in (luma, ir)]
-        fused = model(*(to_signed(t)[None, None].to(device) for t in pair))
-        grey = to_unit(fused).clamp(0, 1)[0, 0].float().cpu().numpy()
-    if ycbcr is None:
-        return grey
-    ycbcr[..., 0] = grey
-    return ycbcr_to_rgb(ycbcr)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return FusionModel(model.to(device=device, memory_format=torch.channels_last))
 
 
 def _decode(value: Any, role: str) -> tuple[np.ndarray, bool]:
@@ -244,8 +228,9 @@ def _encode(image: np.ndarray) -> str:
 class FusionModel:
     """What ``_load_pyfunc`` returns: ``predict`` fuses the request's pairs."""
 
-    def __init__(self, model: CoCoNet) -> None:
+    def __init__(self, model: CoCoNet, precision: str = "auto") -> None:
         self.model = model.eval()
+        self.precision = precision
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
         """A DataFrame with columns ``vis`` and ``ir`` (one row per pair) -> DataFrame with
@@ -264,5 +249,7 @@ class FusionModel:
         if missing:
             raise ImageError(f"request lacks {', '.join(missing)} (give vis and ir)")
         (vis, vis_b64), (ir, _) = _decode(pair["vis"], "vis"), _decode(pair["ir"], "ir")
-        fused = fuse(self.model, vis, ir)
+        device = next(self.model.parameters()).device
+        settings = fusion_settings(self.precision, None, device)
+        fused = fuse_arrays(self.model, vis, ir, settings)
         return _encode(fused) if vis_b64 else fused.tolist()
