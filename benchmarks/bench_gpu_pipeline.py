@@ -27,7 +27,7 @@ from pipeline.core.params import PARAMS_FILE, load_params
 from pipeline.core.paths import ProjectPaths
 from pipeline.evaluation.baselines import BASELINES
 from pipeline.evaluation.report import rank_methods, ranking_table
-from pipeline.inference import FusionSettings, fuse_arrays
+from pipeline.fusion import FusionSettings, fuse_arrays
 from pipeline.metrics import METRIC_DIRECTION, compute_metrics, mean_metrics
 from pipeline.stages import download, masks, patches
 from pipeline.training.distributed import setup

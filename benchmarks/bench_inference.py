@@ -4,7 +4,7 @@ Compares the inference path of ``coconet fuse`` (eval mode, ``torch.inference_mo
 channels-last weights and inputs, the VGG-19 run once over both sources) with a naive baseline
 (eval mode, NCHW, autograd recording as in a plain ``model(vis, ir)`` call), the same fast path
 under bf16 autocast (speed ratio and the largest 8-bit difference, target at most 2 grey
-levels), and the end-to-end ``pipeline.inference.fuse_arrays`` (numpy in and out). Each
+levels), and the end-to-end ``pipeline.fusion.fuse_arrays`` (numpy in and out). Each
 variant runs in its own process, with the same seeded random weights; the benchmark asserts
 that the fp32 outputs match.
 Prints the median of ``--runs`` timed runs after ``--warmup`` runs, pairs per second and peak
@@ -52,7 +52,7 @@ def _measure(variant: str, device_name: str, width: int, height: int, runs: int,
     """Run in a fresh process: (median seconds, peak memory bytes, output array)."""
     from models.coconet import CoCoNet
     from pipeline.core.precision import autocast_context
-    from pipeline.inference import fuse_arrays
+    from pipeline.fusion import fuse_arrays
 
     device = torch.device(device_name)
     torch.manual_seed(0)

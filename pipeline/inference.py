@@ -1,7 +1,6 @@
 """Fusing image pairs with a trained CoCoNet: model loading, file and folder runs.
 
-The array fusion itself (precision, memory budget, tiles, colour) is :mod:`pipeline.fusion`,
-re-exported here.
+The array fusion itself (precision, memory budget, tiles, colour) is :mod:`pipeline.fusion`.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from typing import Any
 import torch
 
 from models.coconet import CoCoNet
+from models.state import StateDictError, check_finite, coconet_from_state
 from pipeline.core.errors import CoconetError
 from pipeline.core.imageio import (  # noqa: F401  (pair/output checks, torch-free, re-exported)
     ImageError,
@@ -22,15 +22,7 @@ from pipeline.core.imageio import (  # noqa: F401  (pair/output checks, torch-fr
     to_grey,
     write_image,
 )
-from pipeline.fusion import (  # noqa: F401  (re-exported: the array fusion)
-    FusionSettings,
-    FusionSettingsError,
-    default_memory_budget,
-    fuse_arrays,
-    fusion_settings,
-    parse_memory,
-    tiles_for,
-)
+from pipeline.fusion import FusionSettings, fuse_arrays
 from pipeline.reference_models import OFFICIAL, official_checkpoint
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "file:/", "s3://", "gs://")
@@ -65,29 +57,11 @@ def _state_dict_from(checkpoint: Any, source: str) -> tuple[dict[str, torch.Tens
         raise ModelLoadError(
             f"{source}: no model weights found (expected a 'state_dict' or 'model' entry)"
         )
-    check_finite(state, source)
+    try:
+        check_finite(state, source)
+    except StateDictError as exc:
+        raise ModelLoadError(str(exc)) from exc
     return state, vgg_weights
-
-
-def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
-    """Refuse weights holding NaN or infinity (a diverged training), naming the first tensor.
-
-    One fused norm per tensor screens them all (milliseconds, where ``isfinite`` on each
-    takes over a second on a CPU); only a non-finite norm is looked at element by element.
-    """
-    floats = {name: t for name, t in state.items() if t.is_floating_point()}
-    if not floats:
-        return
-    norms = torch._foreach_norm(list(floats.values()))
-    if bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
-        return
-    for name, tensor in floats.items():
-        if not bool(torch.isfinite(tensor).all()):  # not a finite norm that overflowed
-            raise ModelLoadError(
-                f"{source}: non-finite weights (NaN or inf) in {name}; the training that wrote "
-                "it diverged, so it would fuse to a blank image (retrain, e.g. with a lower "
-                "train.lr)"
-            )
 
 
 def checkpoint_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -106,11 +80,8 @@ def checkpoint_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
 
 
 def load_checkpoint_model(path: str | Path) -> CoCoNet:
-    """A CoCoNet from ``artifacts/model.pt`` or a training checkpoint ("model"/"state_dict").
-
-    The state dict holds the VGG tensors, so no VGG download is needed: the network is built on
-    the meta device and the checkpoint's tensors are assigned to it.
-    """
+    """A CoCoNet from ``artifacts/model.pt`` or a training checkpoint ("model"/"state_dict"),
+    built by :func:`models.state.coconet_from_state` (no VGG download needed)."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(
@@ -118,17 +89,10 @@ def load_checkpoint_model(path: str | Path) -> CoCoNet:
             "--model with a checkpoint path or an MLflow URI such as models:/coconet@champion)"
         )
     state, meta = checkpoint_state(path)
-    vgg_weights = meta["vgg_weights"]
-    with torch.device("meta"):
-        model = CoCoNet(vgg_weights="random")
     try:
-        model.load_state_dict(state, assign=True)
-    except RuntimeError as exc:
-        raise ModelLoadError(f"{path}: weights do not fit CoCoNet ({exc})") from exc
-    for param in model.vgg.parameters():
-        param.requires_grad_(False)
-    model.vgg_weights = model.vgg.weights = vgg_weights
-    return model.eval()
+        return coconet_from_state(state, meta["vgg_weights"], str(path))
+    except StateDictError as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 def load_mlflow_model(uri: str) -> CoCoNet:

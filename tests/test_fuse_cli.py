@@ -16,7 +16,8 @@ from pipeline.cli import app
 from pipeline.core.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from pipeline.core.imageio import read_image, write_image
 from pipeline.core.params import PROJECT_ROOT
-from pipeline.inference import ModelLoadError, fuse_arrays, load_fusion_model
+from pipeline.fusion import fuse_arrays
+from pipeline.inference import ModelLoadError, load_fusion_model
 
 runner = CliRunner()
 

@@ -175,10 +175,10 @@ def fuse(
 
     from rich.progress import track
 
-    from pipeline import inference as fusion
+    from pipeline import fusion, inference
 
     try:
-        net = fusion.load_fusion_model(model, device)
+        net = inference.load_fusion_model(model, device)
         where = next(net.parameters()).device
         settings = fusion.fusion_settings(precision, max_memory, where)
         how = (
@@ -194,7 +194,7 @@ def fuse(
             def progress(items):
                 return track(items, description="fusing", total=len(plan), transient=True)
 
-            fusion.fuse_directory(net, plan, resize, bits, progress, settings)
+            inference.fuse_directory(net, plan, resize, bits, progress, settings)
             typer.echo(f"wrote {len(plan)} fused images to {output}: fused {how}")
     except CoconetError as exc:
         fail(str(exc))

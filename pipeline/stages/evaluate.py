@@ -69,7 +69,7 @@ def _methods(
 ) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
     """Every method compared: the trained model, the reference models, the classical baselines."""
     from pipeline.evaluation.baselines import BASELINES
-    from pipeline.inference import fuse_arrays
+    from pipeline.fusion import fuse_arrays
 
     methods = {
         name: lambda vis, ir, net=net: fuse_arrays(net, vis, ir, settings)
@@ -120,7 +120,8 @@ def _clean(value: float) -> float | None:
 def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:
     """Run the stage; returns the means per method."""
     from pipeline.evaluation.report import write_gallery, write_report
-    from pipeline.inference import fusion_settings, load_fusion_model
+    from pipeline.fusion import fusion_settings
+    from pipeline.inference import load_fusion_model
     from pipeline.metrics import METRIC_DIRECTION, METRIC_NAMES, compute_metrics, mean_metrics
     from pipeline.tracking.experiment import read_run_info
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from models.coconet import CoCoNet
+from models.state import StateDictError, coconet_from_state
 from pipeline.core.errors import CoconetError
 from pipeline.core.imageio import ImageError, read_image, write_image
 from pipeline.fusion import fuse_arrays, fusion_settings
@@ -133,32 +134,10 @@ def load_weights(folder: str | Path) -> CoCoNet:
     folder = Path(folder)
     config = _read_config(folder / CONFIG_FILE)
     state = _read_weights(folder / WEIGHTS_FILE)
-    for name, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ModelFormatError(
-                f"{folder / WEIGHTS_FILE}: non-finite weights (NaN or inf) in {name}; the "
-                "training that wrote it diverged (retrain, e.g. with a lower train.lr)"
-            )
-    with torch.device("meta"):
-        model = CoCoNet(vgg_weights="random")
-    expected = set(model.state_dict())
-    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or extra:
-        raise ModelFormatError(
-            f"{folder / WEIGHTS_FILE}: weights do not fit CoCoNet ({len(missing)} missing, "
-            f"e.g. {missing[:2]}; {len(extra)} unexpected, e.g. {extra[:2]})"
-        )
     try:
-        model.load_state_dict(state, assign=True)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())[:300]
-        raise ModelFormatError(
-            f"{folder / WEIGHTS_FILE}: weights do not fit CoCoNet ({detail})"
-        ) from exc
-    for param in model.vgg.parameters():
-        param.requires_grad_(False)
-    model.vgg_weights = model.vgg.weights = config["vgg_weights"]
-    return model.eval()
+        return coconet_from_state(state, config["vgg_weights"], str(folder / WEIGHTS_FILE))
+    except StateDictError as exc:
+        raise ModelFormatError(str(exc)) from exc
 
 
 def load_model_dir(path: str | Path) -> CoCoNet:
