@@ -278,8 +278,8 @@ class CoupledContrastiveLoss(nn.Module):
         batch = fused.shape[0]
         has_mask = mask.flatten(1).amax(1) > 0
         chosen = has_mask.nonzero().squeeze(1)
-        values = fused.flatten(1).sum(1) * 0  # keeps the graph when nothing is an anchor
         if self.mode == "per_sample" and not chosen.numel():
+            values = fused.flatten(1).sum(1) * 0  # keeps the graph: nothing is an anchor
             return values.sum() if reduction == "mean" else _reduce(values, reduction)
         back = torch.arange(batch, device=fused.device) if self.mode == "batch" else chosen
         plan = _ContrastPlan(batch, self.negatives, has_mask, back, chosen)
@@ -291,23 +291,19 @@ class CoupledContrastiveLoss(nn.Module):
             targets = self.vgg.contrast_taps(
                 sources[plan.target_sources, plan.target_images] * masks[plan.target_masks]
             )
-        fore, back_value = 0, 0
+        total = 0  # background + foreground terms: a batch value, or per chosen sample
         for weight, a, t in zip(self.layer_weights, anchors, targets, strict=True):
-            for term, (rows, pos, neg) in enumerate(plan.terms):
+            for rows, pos, neg in plan.terms:
                 if not len(rows):
                     continue
                 l1_pos = (a[rows] - t[pos]).abs().flatten(1).mean(1)
                 l1_neg = (a[rows].unsqueeze(0) - t[neg]).abs().flatten(2).mean(2)
                 if self.mode == "batch":
                     l1_pos, l1_neg = l1_pos.mean(), l1_neg.mean(1)
-                ratio = weight * l1_pos / (l1_neg.sum(0) + self.eps)
-                if term == 0:
-                    back_value = back_value + ratio
-                else:
-                    fore = fore + ratio
+                total = total + weight * l1_pos / (l1_neg.sum(0) + self.eps)
         if self.mode == "batch":
-            return back_value + fore
-        values = values.index_put((chosen,), (fore + back_value).to(values.dtype))
+            return total
+        values = fused.new_zeros(batch).index_put((chosen,), total.to(fused.dtype))
         if reduction == "mean":
             return values.sum() / has_mask.sum().clamp_min(1)
         return _reduce(values, reduction)
@@ -344,24 +340,15 @@ class _ContrastPlan:
             (back, back_masks, 0, 1),
             (fore, fore_masks, 1, 0),
         ):
-            pos = (mask_ids * 2 + positive) * batch + anchors
-            neg = (mask_ids * 2 + negative) * batch + (anchors + offsets) % batch
-            keys.append((pos, neg))
-        flat = torch.cat([torch.cat([pos, neg.flatten()]) for pos, neg in keys])
-        unique, inverse = torch.unique(flat, return_inverse=True)
+            keys.append((mask_ids * 2 + positive) * batch + anchors)
+            keys.append(((mask_ids * 2 + negative) * batch + (anchors + offsets) % batch).flatten())
+        unique, inverse = torch.unique(torch.cat(keys), return_inverse=True)
         self.target_images = unique % batch
         self.target_sources = (unique // batch) % 2
         self.target_masks = unique // (2 * batch)
-        self.terms = []
-        start, row = 0, 0
-        for anchors, (_, neg) in zip((back, fore), keys, strict=True):
-            n = len(anchors)
-            rows = torch.arange(row, row + n, device=device)
-            self.terms.append(
-                (
-                    rows,
-                    inverse[start : start + n],
-                    inverse[start + n : start + n + neg.numel()].view(negatives, n),
-                )
-            )
-            start, row = start + n + neg.numel(), row + n
+        back_pos, back_neg, fore_pos, fore_neg = inverse.split([len(k) for k in keys])
+        rows = torch.arange(len(back) + len(fore), device=device)
+        self.terms = [
+            (rows[: len(back)], back_pos, back_neg.view(negatives, len(back))),
+            (rows[len(back) :], fore_pos, fore_neg.view(negatives, len(fore))),
+        ]
