@@ -6,8 +6,8 @@ progress bar.
 
 Outputs: ``data/raw/<dataset>/{ir,vis,mask}/<pair>.png`` (8-bit; grey, colour visible images
 keep colour), ``data/raw/index.csv`` and ``data/weights`` (SAM checkpoint, the authors' CoCoNet
-converted, README.txt); the
-VGG-19 file goes to torchvision's cache. Both folders are built aside and renamed at the end.
+converted, README.txt); the VGG-19 file goes to torchvision's cache. Both folders are built
+aside and renamed at the end.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,9 @@ from pipeline.core.imageio import ImageError, atomic_path, read_image, to_grey, 
 from pipeline.core.params import Params
 from pipeline.core.paths import ProjectPaths
 from pipeline.core.stage import stage_main
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_NAME = "CoCoNet"
 REFERENCE_MARK = " (reference)"
@@ -89,7 +92,7 @@ def reference_names(params: Params) -> list[str]:
     return list(refs)
 
 
-def load_references(params: Params, paths: ProjectPaths, device: str) -> dict[str, Any]:
+def load_references(params: Params, paths: ProjectPaths, device: torch.device) -> dict[str, Any]:
     """Reference rows of the comparison, by report name (marked as references)."""
     from pipeline.inference import load_fusion_model
 
@@ -132,7 +135,7 @@ def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:
     device = next(model.parameters()).device
     settings = fusion_settings(ep.precision, ep.max_memory, device)
     print(f"evaluating on {device} in {settings.precision} (evaluate.precision: {ep.precision})")
-    references = load_references(params, paths, "auto")
+    references = load_references(params, paths, device)
     methods = _methods({MODEL_NAME: model, **references}, settings)
     names = output_names(test)
 
