@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _timed(fn, repeat: int) -> list[float]:
@@ -49,7 +49,7 @@ def main() -> None:
     telemetry_off()
     tmp = None
     if args.project is None:
-        from tiny_project import make_tiny_project, project_env
+        from tests.helpers.tiny_project import make_tiny_project, project_env
 
         tmp = tempfile.TemporaryDirectory()
         root = make_tiny_project(Path(tmp.name) / "proj")
@@ -59,7 +59,7 @@ def main() -> None:
         print(f"{'first dvc repro (shrunk project)':<38} {time.perf_counter() - start:6.2f} s")
     else:
         root = args.project.resolve()
-        from flows.dvc_cli import dvc_env
+        from flows.dvc_runner import dvc_env
 
         env = dvc_env()
 

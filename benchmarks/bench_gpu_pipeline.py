@@ -25,9 +25,10 @@ import torch
 from pipeline.core.imageio import read_image, to_grey
 from pipeline.core.params import PARAMS_FILE, load_params
 from pipeline.core.paths import ProjectPaths
+from pipeline.core.placement import Placement, Precision
 from pipeline.evaluation.baselines import BASELINES
 from pipeline.evaluation.report import rank_methods, ranking_table
-from pipeline.fusion import FusionSettings, fuse_arrays
+from pipeline.fusion import fuse_arrays
 from pipeline.metrics import METRIC_DIRECTION, compute_metrics, mean_metrics
 from pipeline.stages import download, masks, patches
 from pipeline.training.distributed import setup
@@ -45,7 +46,7 @@ def timed(label: str, times: dict[str, float], fn, *args):
 def train(params, paths: ProjectPaths, minutes: float) -> tuple[torch.nn.Module, dict]:
     """The schedule's steps until done or ``minutes`` pass; resumable across calls (a state file
     beside the patches after every epoch), so a long schedule can span several machine calls."""
-    runtime = setup()
+    runtime = setup(params.train.device, params.train.precision)
     seed_everything(params.train.seed)
     trainer = Trainer(params, load_patches(paths.patches), runtime)
     total_epochs = params.train.phase1_epochs + params.train.phase2_epochs
@@ -59,7 +60,7 @@ def train(params, paths: ProjectPaths, minutes: float) -> tuple[torch.nn.Module,
         print(f"resumed after epoch {done['epoch']} ({done['steps']} steps)", flush=True)
     planned = total_epochs * per_epoch
     deadline = time.perf_counter() + 60 * minutes
-    print(f"training on {runtime.device} in {trainer.precision}: {planned} steps", flush=True)
+    print(f"training on {runtime.placement.describe()}: {planned} steps", flush=True)
     for epoch in range(done["epoch"], total_epochs):
         if time.perf_counter() > deadline:
             break
@@ -86,15 +87,18 @@ def train(params, paths: ProjectPaths, minutes: float) -> tuple[torch.nn.Module,
         "planned": planned,
         "finished": done["epoch"] == total_epochs,
         "patches_per_s": {p: float(np.median(r)) for p, r in done["rates"].items() if r},
-        "precision": trainer.precision,
+        "precision": str(runtime.placement.precision),
+        "device": str(runtime.device),
     }
     return trainer.model.eval(), report
 
 
-def evaluate(model, paths: ProjectPaths, precision: str) -> dict[str, dict[str, float]]:
+def evaluate(
+    model, paths: ProjectPaths, precision: str, device: str
+) -> dict[str, dict[str, float]]:
     index = pd.read_csv(paths.index, keep_default_na=False, dtype=str)
     test = index[index["split"] == "test"]
-    settings = FusionSettings(precision)
+    settings = Placement(torch.device(device), Precision(precision))
     rows: dict[str, list[dict]] = {"CoCoNet": [], **{name: [] for name in BASELINES}}
     for pair in test.itertuples(index=False):
         ir, vis = read_image(paths.root / pair.ir), read_image(paths.root / pair.vis)
@@ -131,7 +135,7 @@ def main() -> None:
     if not report["finished"]:
         print("schedule not finished: run again with the same --root to continue")
         return
-    means = timed("evaluate", times, evaluate, model, paths, report["precision"])
+    means = timed("evaluate", times, evaluate, model, paths, report["precision"], report["device"])
     print(ranking_table(means, METRIC_DIRECTION))
     ranks = rank_methods(means, METRIC_DIRECTION)
     wins = sum(

@@ -51,7 +51,7 @@ def _inputs(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
 def _measure(variant: str, device_name: str, width: int, height: int, runs: int, warmup: int):
     """Run in a fresh process: (median seconds, peak memory bytes, output array)."""
     from models.coconet import CoCoNet
-    from pipeline.core.precision import autocast_context
+    from pipeline.core.placement import Placement, Precision
     from pipeline.fusion import fuse_arrays
 
     device = torch.device(device_name)
@@ -70,17 +70,19 @@ def _measure(variant: str, device_name: str, width: int, height: int, runs: int,
     elif variant in ("fast", "fast_bf16"):
         model = model.to(memory_format=torch.channels_last)
         vis_cl, ir_cl = (t.contiguous(memory_format=torch.channels_last) for t in (vis, ir))
-        precision = "bf16" if variant == "fast_bf16" else "fp32"
+        placement = Placement(device, Precision.bf16 if variant == "fast_bf16" else Precision.fp32)
 
         def call():
-            with autocast_context(precision, device), torch.inference_mode():
+            with placement.autocast(), torch.inference_mode():
                 return model(vis_cl, ir_cl)
 
     else:
         model = model.to(memory_format=torch.channels_last)
 
+        whole = Placement(device, Precision.fp32, 2**40)  # fp32, never tiled
+
         def call():
-            return fuse_arrays(model, vis_np, ir_np)
+            return fuse_arrays(model, vis_np, ir_np, whole)
 
     def sync():
         if device.type == "cuda":

@@ -39,7 +39,7 @@ def _measure(
     """In a fresh process: seconds and peak RSS growth (bytes) of one fusion."""
     from models.coconet import CoCoNet
     from models.tiling import fuse_tiled
-    from pipeline.core.precision import autocast_context
+    from pipeline.core.placement import Placement, Precision
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -48,8 +48,9 @@ def _measure(
     vis, ir = (t.contiguous(memory_format=torch.channels_last) for t in (vis, ir))
     base = rss_high_water_kib(reset=True)
     tic = time.perf_counter()
-    with autocast_context(precision, "cpu"), torch.inference_mode():
-        out = model(vis, ir) if tile is None else fuse_tiled(model, vis, ir, tile)
+    cpu = torch.device("cpu")
+    with Placement(cpu, Precision(precision)).autocast(), torch.inference_mode():
+        out = model(vis, ir) if tile is None else fuse_tiled(model, vis, ir, tile, cpu)
     seconds = time.perf_counter() - tic
     peak = (rss_high_water_kib() - base) * 1024
     result = {"seconds": seconds, "peak": peak, "shape": tuple(out.shape)}

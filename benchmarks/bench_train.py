@@ -21,6 +21,7 @@ import time
 import torch
 
 from pipeline.core.params import Params
+from pipeline.core.placement import Placement, Precision
 from pipeline.training.distributed import Runtime
 from pipeline.training.trainer import Trainer, seed_everything
 
@@ -50,7 +51,8 @@ def make_trainer(
     seed_everything(0)
     train = {"batch_size": batch, "precision": precision, "lr": 5e-4, "contrastive_mode": mode}
     params = Params.model_validate({"model": {"vgg_weights": "random"}, "train": train})
-    trainer = Trainer(params, SyntheticPatches(n, size), Runtime(device=device))
+    placement = Placement(device, Precision(precision))
+    trainer = Trainer(params, SyntheticPatches(n, size), Runtime(placement))
     trainer.model.train()
     return trainer
 

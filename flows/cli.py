@@ -42,7 +42,7 @@ def run(
     from flows.env import telemetry_off
 
     telemetry_off()
-    from flows.dvc_cli import DvcError
+    from flows.dvc_runner import DvcError
     from flows.repro import run_pipeline
     from pipeline.core.params import PROJECT_ROOT
 

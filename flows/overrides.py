@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from dvc.utils.serialize import modify_yaml
 
 from pipeline.core.params import ParamsError, load_params
 
@@ -29,8 +30,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     """Set each ``key=value`` in ``params_path``; the file is left unchanged if the result does
     not validate. Returns ``{key: value}`` as applied."""
-    from dvc.utils.serialize import modify_yaml
-
     parsed = [parse_override(o) for o in overrides]
     if not parsed:
         return {}

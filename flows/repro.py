@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 
-from flows.dvc_cli import stage_names
+from flows.dvc_runner import stage_names
 from flows.overrides import apply_overrides
 from flows.tasks import dvc_status, repro_stage, run_logger
 from pipeline.core.params import PROJECT_ROOT
 from pipeline.core.paths import ProjectPaths
+from pipeline.evaluation.report import ranking_table
+from pipeline.metrics import METRIC_DIRECTION
 
 ARTIFACT_KEY = "coconet-pipeline"
 RETRIED_STAGES = ("download",)
@@ -30,9 +33,6 @@ RETRIED_STAGES = ("download",)
 
 def metric_table(metrics: dict[str, Any]) -> str:
     """The evaluation's ranking table for ``reports/metrics.json``: CoCoNet and each baseline."""
-    from pipeline.evaluation.report import ranking_table
-    from pipeline.metrics import METRIC_DIRECTION
-
     rows = {"CoCoNet": metrics, **metrics.get("baselines", {})}
     direction = {
         m: how for m, how in METRIC_DIRECTION.items() if any(m in r for r in rows.values())
@@ -74,8 +74,6 @@ def run_pipeline(
     retry_delay_seconds: float = 10.0,
 ) -> dict[str, Any]:
     """Run every DVC stage in order (up-to-date ones are skipped by DVC) and report."""
-    from prefect.artifacts import create_markdown_artifact
-
     root = Path(project_dir or PROJECT_ROOT).resolve()
     logger = run_logger()
     applied = apply_overrides(ProjectPaths(root).params, overrides or [])

@@ -5,8 +5,8 @@ One run at a time: a file lock in ``.dvc/tmp`` (works without a server, also aga
 the lock taken ends at once with status ``busy`` (``coconet retrain`` exits
 :data:`EX_TEMPFAIL`). With no new pair and no pending DVC change (e.g. an edited catalogue,
 params or code) the run ends quickly, saying there is nothing new. Otherwise the pairs are
-ingested (:mod:`flows.inbox`), the ``pipeline`` flow runs as a subflow (DVC re-runs only the
-stages whose inputs changed; register promotes by rule) and, only after it succeeded, the
+ingested (:mod:`flows.inbox.ingestion`), the ``pipeline`` flow runs as a subflow (DVC re-runs
+only the stages whose inputs changed; register promotes by rule) and, only after it succeeded, the
 ingested pairs leave the inbox. A failure rolls everything back (:func:`undo`): the ingestion,
 ``dvc.lock``, the uncached outputs and, with ``dvc checkout``, every cached output DVC deleted
 before the failing stage; ``dvc status`` must then read as it did before the run. The inbox is
@@ -22,10 +22,12 @@ from filelock import FileLock, Timeout
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from flows import inbox as inbox_mod
-from flows.dvc_cli import WorkspaceBackup, pending_stages
+from flows.dvc_runner import pending_stages
+from flows.inbox.ingestion import Snapshot, clear_inbox, ingest, plan, rollback
+from flows.inbox.validation import InboxPair, default_inbox, scan_inbox
 from flows.repro import run_pipeline
 from flows.tasks import dvc_status, run_logger
+from flows.workspace_backup import WorkspaceBackup
 from pipeline.core.errors import CoconetError
 from pipeline.core.params import PROJECT_ROOT
 from pipeline.core.paths import ProjectPaths
@@ -74,7 +76,7 @@ def busy_message(root: Path) -> str:
 
 def undo(
     root: Path,
-    snapshot: inbox_mod.Snapshot | None,
+    snapshot: Snapshot | None,
     backup: WorkspaceBackup,
     before: dict[str, Any],
 ) -> None:
@@ -83,7 +85,7 @@ def undo(
     reads as it did before the run (``before``)."""
     logger = run_logger()
     if snapshot is not None:
-        inbox_mod.rollback(snapshot)
+        rollback(snapshot)
     backup.restore(log=logger.info)
     after = pending_stages(root)
     if after != before:
@@ -98,8 +100,8 @@ def undo(
 def scan(inbox: str, project_dir: str) -> dict[str, Any]:
     """Verify the inbox pairs and sort them into new, already ingested and rejected."""
     logger = run_logger()
-    pairs, rejected = inbox_mod.scan_inbox(Path(inbox))
-    new, duplicate, conflicts = inbox_mod.plan(pairs, Path(project_dir))
+    pairs, rejected = scan_inbox(Path(inbox))
+    new, duplicate, conflicts = plan(pairs, Path(project_dir))
     rejected.update(conflicts)
     for name, reason in rejected.items():
         logger.warning("inbox pair %s rejected (left in place): %s", name, reason)
@@ -114,9 +116,9 @@ def scan(inbox: str, project_dir: str) -> dict[str, Any]:
 
 
 @task(name="ingest", cache_policy=NONE)
-def ingest(pairs: list[inbox_mod.InboxPair], project_dir: str) -> inbox_mod.Snapshot:
-    """Copy the new pairs into the DVC-tracked dataset (see :mod:`flows.inbox`)."""
-    snapshot = inbox_mod.ingest(pairs, Path(project_dir))
+def ingest_task(pairs: list[InboxPair], project_dir: str) -> Snapshot:
+    """Copy the new pairs into the DVC-tracked dataset (see :mod:`flows.inbox.ingestion`)."""
+    snapshot = ingest(pairs, Path(project_dir))
     run_logger().info("ingested %s", ", ".join(p.name for p in pairs))
     return snapshot
 
@@ -129,7 +131,7 @@ def retrain(
 ) -> dict[str, Any]:
     """Retrain on new data: inbox pairs or any pending DVC change; nothing new -> quick exit."""
     root = Path(project_dir or PROJECT_ROOT).resolve()
-    inbox_dir = Path(inbox) if inbox else inbox_mod.default_inbox(root)
+    inbox_dir = Path(inbox) if inbox else default_inbox(root)
     logger = run_logger()
     lock = try_lock(root)
     if lock is None:
@@ -148,7 +150,7 @@ def retrain(
         backup = WorkspaceBackup.save(root)
         snapshot = None
         try:
-            snapshot = ingest(new, str(root)) if new else None
+            snapshot = ingest_task(new, str(root)) if new else None
             result = run_pipeline(project_dir=str(root), download_retries=download_retries)
         except BaseException as exc:
             try:
@@ -174,7 +176,7 @@ def retrain(
         lock.release()
 
 
-def _clear(pairs: list[inbox_mod.InboxPair]) -> None:
+def _clear(pairs: list[InboxPair]) -> None:
     """Remove ingested pairs from the inbox; what cannot go is logged, never raised."""
-    for problem in inbox_mod.clear_inbox(pairs):
+    for problem in clear_inbox(pairs):
         run_logger().warning("inbox: %s", problem)

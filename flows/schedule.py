@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect.settings import get_current_settings
+
+from flows.retrain import retrain
 from pipeline.core.errors import CoconetError
 
 DEPLOYMENT = "coconet-retrain"
@@ -24,8 +27,6 @@ class ScheduleError(CoconetError, RuntimeError):
 
 def api_url() -> str | None:
     """The Prefect API the client talks to (``PREFECT_API_URL`` or the active profile)."""
-    from prefect.settings import get_current_settings
-
     url = get_current_settings().api.url
     return str(url) if url else None
 
@@ -48,7 +49,6 @@ def serve(
             "schedules need a Prefect server: run `prefect server start` and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api (or the URL of a remote server)"
         )
-    from flows.retrain import retrain
 
     parameters = {"project_dir": str(project_dir.resolve())}
     if inbox is not None:

@@ -8,15 +8,14 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NONE
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
 
-from flows.dvc_cli import SKIPPED_MARK, pending_stages, run_dvc
+from flows.dvc_runner import SKIPPED_MARK, pending_stages, run_dvc
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
     """Prefect's run logger inside a flow or task run, a plain logger outside (task.fn calls)."""
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
     try:
         return get_run_logger()
     except MissingContextError:

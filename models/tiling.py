@@ -112,10 +112,10 @@ def _relative(interior: Box, crop: Box) -> Box:
 
 
 def tiled_attentions(
-    model: CoCoNet, x: torch.Tensor, tile: int, halo: int
+    model: CoCoNet, x: torch.Tensor, tile: int, halo: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pass 1: the whole padded image's attention matrices (mam8, mam4, mam2), tile by tile."""
-    device = next(model.parameters()).device
+    """Pass 1: the whole padded image's attention matrices (mam8, mam4, mam2), tile by tile,
+    each tile computed on ``device`` (the model's)."""
     sums: list[torch.Tensor] = []
     dtypes: list[torch.dtype] = []
     for interior, crop in tile_boxes(*x.shape[-2:], tile, halo):
@@ -140,9 +140,10 @@ def tiled_decode(
     tile: int,
     halo: int,
     attentions: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    device: torch.device,
 ) -> torch.Tensor:
-    """Pass 2: the padded image's output, each tile decoded with the whole image's attention."""
-    device = next(model.parameters()).device
+    """Pass 2: the padded image's output, each tile decoded on ``device`` with the whole
+    image's attention."""
     out = None
     for interior, crop in tile_boxes(*x.shape[-2:], tile, halo):
         fused = model.decode(model.encode(_cut(x, crop, device)), attentions)
@@ -155,7 +156,12 @@ def tiled_decode(
 
 
 def fuse_tiled(
-    model: CoCoNet, vis: torch.Tensor, ir: torch.Tensor, tile: int, halo: int = HALO
+    model: CoCoNet,
+    vis: torch.Tensor,
+    ir: torch.Tensor,
+    tile: int,
+    device: torch.device,
+    halo: int = HALO,
 ) -> torch.Tensor:
     """``model(vis, ir)`` computed tile by tile: (B,1,H,W) inputs in [-1, 1] -> (B,1,H,W).
 
@@ -164,7 +170,7 @@ def fuse_tiled(
     equals the untiled one up to floating-point summation order. The model must be in eval mode
     (BatchNorm running statistics); runs under ``torch.inference_mode`` and follows any autocast
     the caller has entered (energies are summed in fp32 or better). The inputs and the output
-    stay on the inputs' device; only the tiles move to the model's device.
+    stay on the inputs' device; only the tiles move to ``device``, the model's.
     """
     check_pair(vis, ir)
     if model.training:
@@ -175,10 +181,9 @@ def fuse_tiled(
     with torch.inference_mode():
         x, pads = pad_to_multiple(torch.cat([vis, ir], dim=1))
         if tile >= max(x.shape[-2:]):
-            device = next(model.parameters()).device
             return model(vis.to(device), ir.to(device)).to(vis.device)
-        attentions = tiled_attentions(model, x, tile, min(halo, ENERGY_HALO))
-        return crop_padding(tiled_decode(model, x, tile, halo, attentions), pads)
+        attentions = tiled_attentions(model, x, tile, min(halo, ENERGY_HALO), device)
+        return crop_padding(tiled_decode(model, x, tile, halo, attentions, device), pads)
 
 
 def estimate_bytes(

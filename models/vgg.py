@@ -19,13 +19,13 @@ from torchvision.models import VGG19_Weights
 from torchvision.models.vgg import cfgs, make_layers
 
 from models.errors import CoconetError
+from models.luma import LUMA_WEIGHTS
 
 VGG19_FILE = (
     "vgg19-dcbb9e9d.pth"  # torchvision's file name; the part after "-" is the sha256 prefix
 )
 VGG19_SHA256_PREFIX = "dcbb9e9d"
 VGG19_URL = VGG19_Weights.IMAGENET1K_V1.url
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 # Layer indices in torchvision's ``vgg19().features`` (conv, relu pairs; "M" = max-pool).
 _SIDE_SLICES = ((0, 2), (2, 4), (4, 9), (9, 18))  # relu1_1 | pool, conv1_2 | relu2_2 | relu3_4

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from models.official import save_converted
 from pipeline.catalogue import load_weights, url_key
 from pipeline.catalogue.fetch import MIRROR_ENV, Request, cache_dir, fetch_all, resolve_mirror
 
 OFFICIAL = "official"
-REFERENCE_MODELS = (OFFICIAL,)
 CONVERTED_VGG_FILL = "random"
 
 
@@ -44,8 +44,6 @@ def official_checkpoint(
 
     ``target`` defaults to ``$COCONET_CACHE/converted/coconet_official-<blob id>.pt``.
     """
-    from models.official import save_converted
-
     blob = _official_request().known_hash.split(":", 1)[1][:12]
     target = target or cache_dir() / "converted" / f"coconet_official-{blob}.pt"
     if target.is_file():

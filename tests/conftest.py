@@ -3,26 +3,21 @@ one MLflow store per module and the tiny (CPU, few steps) params the training te
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.core.params import PROJECT_ROOT, Params
-
-TNO_COMMIT = "5f287300dce7cbc90b9e08e6872455af6baa279f"
-TNO_DIR = (
-    f"raw.githubusercontent.com/Zhaozixiang1228/IVIF-DIDFuse/{TNO_COMMIT}/Datasets/Test_data_TNO"
-)
+from tests.helpers.mirror import TNO_DIR, mirror_dir
 
 
 @pytest.fixture(scope="session")
 def mirror_root() -> Path:
     """The public data mirror (``../shared/mirror``, or ``$COCONET_MIRROR``); skip if absent."""
-    root = Path(os.environ.get("COCONET_MIRROR") or PROJECT_ROOT.parent / "shared" / "mirror")
-    if not root.is_dir():
-        pytest.skip(f"public data mirror not found at {root} (set COCONET_MIRROR)")
+    root = mirror_dir()
+    if root is None:
+        pytest.skip(f"public data mirror not found at {PROJECT_ROOT.parent / 'shared/mirror'}")
     return root
 
 
@@ -69,7 +64,8 @@ def tracking_env(mlflow_store: str, monkeypatch) -> str:
 
 
 def make_tiny_params(**train_overrides) -> Params:
-    """Params for tests: random VGG, batch 4, one epoch per phase of at most 2 steps."""
+    """Params for tests: random VGG, on the CPU, batch 4, one epoch per phase of at most 2
+    steps."""
     return Params.model_validate(
         {
             "model": {"vgg_weights": "random"},
@@ -80,6 +76,7 @@ def make_tiny_params(**train_overrides) -> Params:
                 "phase2_epochs": 1,
                 "max_steps_per_epoch": 2,
                 "log_every": 1,
+                "device": "cpu",
                 **train_overrides,
             },
         }

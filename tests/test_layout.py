@@ -165,3 +165,125 @@ def test_a_planted_cycle_is_caught(tmp_path):
         ["pipeline.b", "pipeline.a", "pipeline.b"],
     )
     assert "pipeline.a" in graph["models"]
+
+
+# --- one place for each concern -----------------------------------------------------------
+
+LAZY_IMPORTS = {  # module -> why it imports inside functions (measured, needed)
+    "pipeline/cli/app.py": "the CLI answers --help and argument errors without torch/mlflow",
+    "pipeline/cli/stages.py": "the CLI answers --help and argument errors without torch/mlflow",
+    "pipeline/cli/tools.py": "the CLI answers --help and argument errors without torch/mlflow",
+    "pipeline/cli/official.py": "the CLI answers --help and argument errors without torch",
+    "flows/cli.py": "the CLI answers --help without Prefect (2-3 s to import)",
+    "pipeline/core/placement.py": "params and the CLI read the vocabulary without torch",
+    "pipeline/inference.py": "mlflow (about 2 s) only for a model URI, not a model file",
+    "pipeline/stages/masks.py": "torch and segment-anything only for masks.method: sam",
+}
+MLFLOW_DOOR = "pipeline/tracking"
+CUDA_PROBE = "torch.cuda.is_available"
+CUDA_PROBE_ALLOWED = {
+    "pipeline/core/placement.py": "the one place that asks",
+    "pipeline/training/checkpoint.py": "saves and restores the CUDA RNG state when CUDA exists",
+}
+
+
+def python_files(root: Path = ROOT) -> list[Path]:
+    return sorted(p for package in PACKAGES for p in (root / package).rglob("*.py"))
+
+
+def rel(path: Path, root: Path = ROOT) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def local_imports(path: Path) -> list[int]:
+    """Line numbers of imports inside functions."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            lines += [
+                sub.lineno for sub in ast.walk(node) if isinstance(sub, ast.Import | ast.ImportFrom)
+            ]
+    return lines
+
+
+def unlisted_local_imports(root: Path = ROOT) -> list[str]:
+    return [
+        f"{rel(path, root)}:{line}"
+        for path in python_files(root)
+        if rel(path, root) not in LAZY_IMPORTS
+        for line in local_imports(path)
+    ]
+
+
+def mlflow_importers(root: Path = ROOT) -> list[str]:
+    """Modules outside the tracking package that import mlflow (anywhere in the file)."""
+    found = []
+    for path in python_files(root):
+        if rel(path, root).startswith(MLFLOW_DOOR + "/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(name.split(".")[0] == "mlflow" for name in names):
+                found.append(rel(path, root))
+                break
+    return found
+
+
+def constants_defined_twice(root: Path = ROOT) -> dict[str, list[str]]:
+    """UPPER_CASE module-level names assigned in more than one module."""
+    where: dict[str, set[str]] = {}
+    for path in python_files(root):
+        for node in ast.parse(path.read_text()).body:
+            targets = (
+                node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            )
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id.lstrip("_").isupper():
+                    where.setdefault(target.id, set()).add(rel(path, root))
+    return {name: sorted(files) for name, files in where.items() if len(files) > 1}
+
+
+def files_containing(text: str, root: Path = ROOT) -> set[str]:
+    return {rel(path, root) for path in python_files(root) if text in path.read_text()}
+
+
+def test_function_local_imports_only_where_listed():
+    assert unlisted_local_imports() == [], "import at the top, or list the module and why"
+
+
+def test_only_the_tracking_package_imports_mlflow():
+    assert mlflow_importers() == []
+
+
+def test_only_placement_asks_torch_about_the_device():
+    assert files_containing(CUDA_PROBE) <= set(CUDA_PROBE_ALLOWED)
+    assert files_containing("parameters()).device") == set()  # the placement is passed down
+
+
+def test_each_constant_is_defined_once():
+    assert constants_defined_twice() == {}
+
+
+def test_one_vocabulary_one_sort_one_stage_entry():
+    assert files_containing('"fp32", "bf16"') == set()  # Precision, in placement.py
+    assert files_containing('"cpu", "cuda"') == set()  # Device, in placement.py
+    assert files_containing(r're.split(r"(\d+)"') == {"pipeline/catalogue/loader.py"}
+    assert files_containing("require=") == {"pipeline/core/stage.py"}
+
+
+def test_planted_violations_are_caught(tmp_path):
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+    planted = (
+        "import mlflow\nX = 1\n\n\ndef f():\n    import os\n\n    return torch.cuda.is_available\n"
+    )
+    (tmp_path / "pipeline" / "a.py").write_text(planted)
+    (tmp_path / "flows" / "b.py").write_text("X = 2\n")
+    assert unlisted_local_imports(tmp_path) == ["pipeline/a.py:6"]
+    assert mlflow_importers(tmp_path) == ["pipeline/a.py"]
+    assert constants_defined_twice(tmp_path) == {"X": ["flows/b.py", "pipeline/a.py"]}
+    assert files_containing(CUDA_PROBE, tmp_path) == {"pipeline/a.py"}

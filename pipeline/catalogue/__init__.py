@@ -5,6 +5,8 @@ lists the pretrained weights. See ``README.md`` beside this file.
 """
 
 from pipeline.catalogue.loader import (
+    ROLES,
+    TSV_COLUMNS,
     CatalogueError,
     CatalogueFile,
     Dataset,
@@ -15,9 +17,12 @@ from pipeline.catalogue.loader import (
     natural_key,
     read_files_tsv,
     url_key,
+    write_files_tsv,
 )
 
 __all__ = [
+    "ROLES",
+    "TSV_COLUMNS",
     "CatalogueError",
     "CatalogueFile",
     "Dataset",
@@ -28,4 +33,5 @@ __all__ = [
     "natural_key",
     "read_files_tsv",
     "url_key",
+    "write_files_tsv",
 ]

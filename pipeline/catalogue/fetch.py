@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pooch
+import requests as http
 from tqdm import tqdm
 
 from pipeline.catalogue.loader import url_key
@@ -110,8 +111,6 @@ def fetch_all(
     Raises :class:`DownloadError` naming the URL (and both hashes on a mismatch) once a file
     has failed ``1 + retries`` attempts; pooch leaves nothing at the target in that case.
     """
-    import requests as http  # pooch's HTTP client
-
     requests = list(requests)
     folder = Path(folder)
     urls = {r.key: source_url(r.url, mirror) for r in requests}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,6 +138,17 @@ def read_files_tsv(path: Path) -> tuple[CatalogueFile, ...]:
     return tuple(files)
 
 
+def write_files_tsv(path: Path, files: Iterable[CatalogueFile]) -> Path:
+    """Write a dataset's file list (the columns of :func:`read_files_tsv`), sorted by pair
+    (naturally) and role."""
+    rows = sorted(files, key=lambda f: (natural_key(f.pair), ROLES.index(f.role)))
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(TSV_COLUMNS)
+        writer.writerows((f.pair, f.role, f.url, f.sha256, f.bytes) for f in rows)
+    return path
+
+
 def _excluded_pairs(rule: dict, entry: Path) -> dict[str, str]:
     table = CATALOGUE_DIR / rule["table"]
     pattern = re.compile(rule["pattern"])
@@ -197,21 +209,17 @@ def import_manifest(name: str, manifest: Path) -> Path:
     meta = _read_yaml(entry)
     rule = meta["import"]
     pattern, roles = re.compile(rule["pattern"]), rule["roles"]
-    rows = []
+    files = []
     with Path(manifest).open(newline="") as handle:
         for row in csv.DictReader(handle, delimiter="\t"):
             if match := pattern.match(row["url"]):
                 role = roles[match["role"]]
-                rows.append((match["pair"], role, row["url"], row["sha256"], row["bytes"]))
-    if not rows:
+                files.append(
+                    CatalogueFile(match["pair"], role, row["url"], row["sha256"], int(row["bytes"]))
+                )
+    if not files:
         raise CatalogueError(f"{manifest}: no URL matches the import pattern of {entry}")
-    rows.sort(key=lambda r: (natural_key(r[0]), ROLES.index(r[1])))
-    target = entry.parent / meta["files"]
-    with target.open("w", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(TSV_COLUMNS)
-        writer.writerows(rows)
-    return target
+    return write_files_tsv(entry.parent / meta["files"], files)
 
 
 def main(argv: list[str] | None = None) -> None:

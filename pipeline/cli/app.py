@@ -12,16 +12,33 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from pipeline.core.placement import Device, Precision
+
 app = typer.Typer(
     help="CoCoNet infrared/visible image fusion: pipeline stages, fusion, metrics, registry.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    rich_markup_mode=None,  # plain click errors: one "Error: ..." line a script can read
 )
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read.")]
 RootOption = Annotated[
     Path | None, typer.Option("--root", help="Project root for data and outputs.")
+]
+DeviceOption = Annotated[
+    Device | None,
+    typer.Option(
+        "--device",
+        help="Where to run: auto (CUDA when present), cpu or cuda. Default: the stage's "
+        "device param.",
+    ),
+]
+PrecisionOption = Annotated[
+    Precision,
+    typer.Option(
+        "--precision",
+        help="auto (bf16 on CUDA or a CPU with native bf16, else fp32), fp32 or bf16.",
+    ),
 ]
 
 

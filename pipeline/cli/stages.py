@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
-from pipeline.cli.app import ParamsOption, RootOption, app, fail
+from pipeline.cli.app import DeviceOption, ParamsOption, RootOption, app, fail
+from pipeline.core.errors import CoconetError
 from pipeline.core.params import PARAMS_FILE
+from pipeline.core.stage import execute
 
 
-def _run_stage(stage: str, params_file: Path, root: Path | None, **kwargs: Any) -> Any:
-    """Call ``pipeline.stages.<stage>.run(params, paths)``; an expected error -> one line."""
-    import importlib
-
-    from pipeline.core.errors import CoconetError
-    from pipeline.core.params import PROJECT_ROOT, load_params
-    from pipeline.core.paths import ProjectPaths
-
+def _run_stage(stage: str, params_file: Path, root: Path | None, **options: Any) -> Any:
+    """Run ``pipeline.stages.<stage>`` as ``python -m`` would; an expected error -> one line.
+    The stage module (and with it torch, mlflow) is imported only now: ``--help`` stays fast."""
     module = importlib.import_module(f"pipeline.stages.{stage}")
     try:
-        params = load_params(params_file, require=(stage,))
-        return module.run(params, ProjectPaths((root or PROJECT_ROOT).resolve()), **kwargs)
+        return execute(module.run, stage, params_file, root, **options)
     except (CoconetError, FileNotFoundError) as exc:
         fail(str(exc))
 
@@ -57,9 +54,7 @@ def patches(params_file: ParamsOption = PARAMS_FILE, root: RootOption = None) ->
 def train(
     params_file: ParamsOption = PARAMS_FILE,
     root: RootOption = None,
-    cpu: Annotated[bool, typer.Option("--cpu", help="Train on CPU even if CUDA is present.")] = (
-        False
-    ),
+    device: DeviceOption = None,
 ) -> None:
     """Train CoCoNet (phase 1 adaptive loss, phase 2 + contrastive) on data/patches.h5.
 
@@ -68,19 +63,21 @@ def train(
     artifacts/train_run.json and reports/train_loss.csv. Data-parallel:
     torchrun --nproc_per_node=N -m pipeline.stages.train.
     """
-    record = _run_stage("train", params_file, root, cpu=cpu)
+    record = _run_stage("train", params_file, root, device=device)
     if record:
         typer.echo(f"MLflow run {record['run_id']}; model {record['model_uri']}")
 
 
 @app.command()
-def evaluate(params_file: ParamsOption = PARAMS_FILE, root: RootOption = None) -> None:
+def evaluate(
+    params_file: ParamsOption = PARAMS_FILE, root: RootOption = None, device: DeviceOption = None
+) -> None:
     """Evaluate the trained model and the classical baselines on the test split.
 
     Writes reports/metrics.json, reports/evaluation/ (per_image.csv, report.md, gallery/,
     fused/) and logs them to the training's MLflow run (artifacts/train_run.json).
     """
-    means = _run_stage("evaluate", params_file, root)
+    means = _run_stage("evaluate", params_file, root, device=device)
     typer.echo(f"evaluated {len(means)} methods; see reports/evaluation/report.md")
 
 

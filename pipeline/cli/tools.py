@@ -6,20 +6,16 @@ so a mistake is reported at once.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pipeline.cli.app import ParamsOption, RootOption, app, fail
+from pipeline.cli.app import ParamsOption, PrecisionOption, RootOption, app, fail
 from pipeline.core.errors import CoconetError
-from pipeline.core.params import PARAMS_FILE
-
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
-
-# --- metrics (pipeline/metrics.py, pipeline/metrics_report.py) ----------------------------
-
+from pipeline.core.params import PARAMS_FILE, PROJECT_ROOT, Convention, load_params
+from pipeline.core.placement import Device, PlacementError, Precision, parse_memory, place
 
 IrDirOption = Annotated[Path | None, typer.Option("--ir-dir", help="Folder of infrared images.")]
 VisDirOption = Annotated[
@@ -38,12 +34,12 @@ def metrics(
         Path | None, typer.Option("--fused-dir", help="Folder of fused images (same names).")
     ] = None,
     convention: Annotated[
-        str,
+        Convention,
         typer.Option(
             "--convention",
             help="matlab (the IVIF MATLAB toolbox) or cddfuse (the CDDFuse Python evaluator).",
         ),
-    ] = "matlab",
+    ] = Convention.matlab,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (NaN -> null).")] = False,
     csv_out: Annotated[
         Path | None, typer.Option("--csv", help="Also write per-image rows and the mean here.")
@@ -52,13 +48,9 @@ def metrics(
     """Score fused images: EN SD SF AG MI SCD CC VIF Qabf Nabf SSIM PSNR.
 
     Give one triple (--ir --vis --fused) or three folders (--ir-dir --vis-dir --fused-dir)
-    whose images pair up by file name; folders print one row per image and the mean.
-    Each metric's formula and reference: the docstrings of pipeline/metrics.py.
+    whose images pair up by file name (natural order: 2 before 10); folders print one row per
+    image and the mean. Each metric's formula and reference: pipeline/metrics/METRICS.md.
     """
-    from pipeline.metrics import CONVENTIONS
-
-    if convention not in CONVENTIONS:
-        fail(f"--convention must be one of {', '.join(CONVENTIONS)}, not {convention!r}", 2)
     single = (ir, vis, fused)
     folders = (ir_dir, vis_dir, fused_dir)
     if any(single) and any(folders):
@@ -68,8 +60,6 @@ def metrics(
         fail("give all three of --ir, --vis and --fused (or the three --*-dir folders)", 2)
     if not is_single and not all(folders):
         fail("give all three of --ir-dir, --vis-dir and --fused-dir", 2)
-    import json
-
     from pipeline.core.imageio import ImageError
     from pipeline.evaluation import scoring as report
 
@@ -114,19 +104,15 @@ def fuse(
             "trained model: downloaded once, verified, converted and cached).",
         ),
     ] = "artifacts/model.pt",
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[
+        Device, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")
+    ] = Device.auto,
     resize: Annotated[
         bool, typer.Option("--resize", help="Resize the infrared image to the visible size.")
     ] = False,
     bits: Annotated[int, typer.Option("--bits", help="Output bit depth: 8 or 16.")] = 8,
     ext: Annotated[str, typer.Option("--ext", help="Output format in folder mode.")] = "png",
-    precision: Annotated[
-        str,
-        typer.Option(
-            "--precision",
-            help="auto (bf16 on CUDA or a CPU with native bf16, else fp32), fp32 or bf16.",
-        ),
-    ] = "auto",
+    precision: PrecisionOption = Precision.auto,
     max_memory: Annotated[
         str | None,
         typer.Option(
@@ -152,49 +138,47 @@ def fuse(
         fail("give the output with -o (a file for one pair, a folder for --ir-dir/--vis-dir)", 2)
     if bits not in (8, 16):
         fail(f"--bits must be 8 or 16, not {bits}", 2)
-    if device not in DEVICES:
-        fail(f"--device must be one of {', '.join(DEVICES)}, not {device!r}", 2)
-    if precision not in PRECISIONS:
-        fail(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}", 2)
+    if max_memory is not None:
+        try:
+            parse_memory(max_memory)
+        except PlacementError as exc:
+            fail(f"--max-memory: {exc}", 2)
 
-    from pipeline.core import imageio
+    from pipeline import fusion_plan
+    from pipeline.core.imageio import ImageError, write_image
 
     try:
         if all(single):
-            imageio.check_not_input(output, (ir, vis))
-            imageio.check_output_location(output)
-            vis_image, ir_image = imageio.read_pair(vis, ir, resize)
-            imageio.check_output(output, vis_image.ndim == 3, bits)
+            fusion_plan.check_not_input(output, (ir, vis))
+            fusion_plan.check_output_location(output)
+            vis_image, ir_image = fusion_plan.read_pair(vis, ir, resize)
+            fusion_plan.check_output(output, vis_image.ndim == 3, bits)
         else:
-            plan = imageio.plan_directory(
+            plan = fusion_plan.plan_directory(
                 vis_dir, ir_dir, output, f".{ext.lstrip('.')}", resize, bits
             )
-    except imageio.ImageError as exc:
+    except ImageError as exc:
         fail(str(exc))
     _check_model_source(model)
 
     from rich.progress import track
 
-    from pipeline import fusion, inference
+    from pipeline.fusion import fuse_arrays
+    from pipeline.inference import fuse_directory, load_fusion_model
 
     try:
-        net = inference.load_fusion_model(model, device)
-        where = next(net.parameters()).device
-        settings = fusion.fusion_settings(precision, max_memory, where)
-        how = (
-            f"on {where} in {settings.precision} (--precision {precision}), memory budget "
-            f"{settings.max_bytes / 2**30:.1f} GiB"
-        )
+        placement = place(device, precision, max_memory)
+        net = load_fusion_model(model, placement)
+        how = f"on {placement.describe()} (--precision {precision})"
         if all(single):
-            fused = fusion.fuse_arrays(net, vis_image, ir_image, settings)
-            imageio.write_image(output, fused, bits=bits)
+            write_image(output, fuse_arrays(net, vis_image, ir_image, placement), bits=bits)
             typer.echo(f"wrote {output}: fused {how}")
         else:
 
             def progress(items):
                 return track(items, description="fusing", total=len(plan), transient=True)
 
-            inference.fuse_directory(net, plan, resize, bits, progress, settings)
+            fuse_directory(net, plan, placement, resize, bits, progress)
             typer.echo(f"wrote {len(plan)} fused images to {output}: fused {how}")
     except CoconetError as exc:
         fail(str(exc))
@@ -225,8 +209,6 @@ def model_summary(
     params_file: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Print CoCoNet's architecture summary: parameters (trainable, frozen) and MACs at --size."""
-    from pipeline.core.params import load_params
-
     try:
         width, height = (int(v) for v in size.lower().split("x"))
         if width < 1 or height < 1:
@@ -291,8 +273,6 @@ def lineage(
     (md5, .dir for folders; never DVC's mtime-keyed cache) and the params digest, and reports
     drift. Refuses, creating nothing, when the MLflow store does not exist.
     """
-    from pipeline.core.errors import CoconetError
-    from pipeline.core.params import PROJECT_ROOT
     from pipeline.tracking.lineage import audit
 
     try:

@@ -5,16 +5,26 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.core.errors import CoconetError
+from pipeline.core.placement import Device, Precision, parse_memory
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PARAMS_FILE = PROJECT_ROOT / "params.yaml"
+
+
+class Convention(StrEnum):
+    """How the fusion metrics are computed (``pipeline/metrics/METRICS.md``): the IVIF MATLAB
+    toolbox's arithmetic, or the CDDFuse Python evaluator's."""
+
+    matlab = "matlab"
+    cddfuse = "cddfuse"
 
 
 class _Section(BaseModel):
@@ -43,6 +53,7 @@ class ModelParams(_Section):
 
 class MasksParams(_Section):
     method: Literal["sam", "ir_saliency"] = "sam"
+    device: Device = Device.auto
     sam_model: Literal["vit_b", "vit_l", "vit_h"] = "vit_b"
     hot_percentile: float = Field(99.0, gt=0, lt=100)
     max_prompts: int = Field(8, ge=1)
@@ -82,7 +93,8 @@ class TrainParams(_Section):
     ssim_sigma: float = Field(1.5, gt=0)
     num_workers: int = Field(0, ge=0)
     log_every: int = Field(10, ge=1)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: Device = Device.auto
+    precision: Precision = Precision.auto
     init_from: str | None = None
     contrastive_mode: Literal["batch", "per_sample"] = "batch"
     mse_range: Literal["network", "unit"] = "network"
@@ -92,12 +104,20 @@ class TrainParams(_Section):
 
 
 class EvaluateParams(_Section):
-    convention: Literal["matlab", "cddfuse"] = "matlab"
+    convention: Convention = Convention.matlab
     max_pairs: int | None = Field(None, ge=1)
     gallery_pairs: int = Field(8, ge=0)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: Device = Device.auto
+    precision: Precision = Precision.auto
     max_memory: str | None = None
     references: Literal["auto"] | list[Literal["official"]] = "auto"
+
+    @field_validator("max_memory")
+    @classmethod
+    def _memory_size(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_memory(value)  # a PlacementError (a ValueError) names the bad size
+        return value
 
 
 class RegisterParams(_Section):

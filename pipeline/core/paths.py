@@ -123,7 +123,3 @@ class ProjectPaths:
     @property
     def inbox(self) -> Path:
         return self.root / "inbox"
-
-    @property
-    def mlflow_db(self) -> Path:
-        return self.root / "mlflow.db"

@@ -1,7 +1,9 @@
-"""The one entry point of every stage module: ``python -m pipeline.stages.<stage>``.
+"""How a stage runs: :func:`execute` for every caller, :func:`stage_main` for
+``python -m pipeline.stages.<stage>`` (what ``dvc repro`` runs).
 
-Every stage is ``run(params, paths) -> record``; :func:`stage_main` parses ``--params`` and
-``--root``, runs it, and turns an expected failure into one ``error:`` line and exit code 1.
+Every stage is ``run(params, paths) -> record``. :func:`execute` reads and checks the params
+file (it must hold the stage's own section), resolves the project root and calls it; the
+``coconet <stage>`` commands call it too, so both ways in behave alike.
 """
 
 from __future__ import annotations
@@ -17,44 +19,42 @@ from pipeline.core.errors import CoconetError
 from pipeline.core.params import PARAMS_FILE, PROJECT_ROOT, SECTIONS, Params, load_params
 from pipeline.core.paths import ProjectPaths
 
-StageRun = Callable[[Params, ProjectPaths], Any]
+StageRun = Callable[..., Any]
 
 
-def stage_main(
+def execute(
     run: StageRun,
-    description: str,
-    argv: Sequence[str] | None = None,
-    switches: dict[str, str] | None = None,
+    section: str,
+    params_file: Path = PARAMS_FILE,
+    root: Path | None = None,
+    **options: Any,
 ) -> Any:
-    """Parse the stage's arguments, run it, exit 1 with one line on an expected error.
+    """Load ``params_file`` (requiring ``section`` when it is a params section) and call
+    ``run(params, ProjectPaths(root), **options)``; errors propagate."""
+    required = (section,) if section in SECTIONS else ()
+    params: Params = load_params(params_file, require=required)
+    return run(params, ProjectPaths((root or PROJECT_ROOT).resolve()), **options)
 
-    ``switches`` maps extra on/off keyword arguments of ``run`` to their help text
-    (``{"force_cpu": ...}`` becomes ``--force-cpu``). The params file must hold the stage's
-    own section (``pipeline.stages.train`` reads ``train``).
-    """
+
+def stage_main(run: StageRun, description: str, argv: Sequence[str] | None = None) -> Any:
+    """Parse ``--params`` and ``--root``, run the stage; an expected error prints one
+    ``error:`` line and exits 1."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params.yaml to read")
     parser.add_argument(
         "--root", type=Path, default=PROJECT_ROOT, help="project root for data and outputs"
     )
-    for name, text in (switches or {}).items():
-        parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, action="store_true", help=text
-        )
     args = parser.parse_args(argv)
-    extra = {name: getattr(args, name) for name in switches or {}}
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        params = load_params(args.params, require=_own_section(run))
-        return run(params, ProjectPaths(args.root.resolve()), **extra)
+        return execute(run, _section_of(run), args.params, args.root)
     except (CoconetError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
 
 
-def _own_section(run: StageRun) -> tuple[str, ...]:
-    """The params section named like the stage module defining ``run`` (also when it runs as
-    ``python -m``, i.e. as ``__main__``); none for a function defined elsewhere."""
+def _section_of(run: StageRun) -> str:
+    """The stage module's name (``train`` for ``pipeline.stages.train``, also when it runs as
+    ``python -m``, i.e. as ``__main__``)."""
     spec = getattr(sys.modules.get(run.__module__), "__spec__", None)
-    name = (spec.name if spec else run.__module__).rpartition(".")[2]
-    return (name,) if name in SECTIONS else ()
+    return (spec.name if spec else run.__module__).rpartition(".")[2]

@@ -1,1 +1,1 @@
-"""Training data: salient-target masks from infrared images, and the patch dataset."""
+"""Training data: cutting patches from pairs, the patch file format, and the patch dataset."""

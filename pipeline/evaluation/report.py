@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from pipeline.core.imageio import atomic_path
+from pipeline.core.atomic import atomic_path
 
 ARROWS = {"higher": "↑", "lower": "↓"}
 
@@ -79,18 +80,9 @@ def write_gallery(
     panel_inches: float = 3.2,
 ) -> Path:
     """One row of labelled images (float 0..1, grey or colour) saved as a PNG atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     height, width = panels[0][1].shape[:2]
-    fig, axes = plt.subplots(
-        1,
-        len(panels),
-        figsize=(panel_inches * len(panels), panel_inches * height / width + 0.6),
-        squeeze=False,
-    )
+    fig = Figure(figsize=(panel_inches * len(panels), panel_inches * height / width + 0.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (label, image) in zip(axes[0], panels, strict=True):
         ax.imshow(np.clip(image, 0, 1), cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
         ax.set_title(label, fontsize=11)
@@ -99,7 +91,6 @@ def write_gallery(
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     return Path(path)
 
 

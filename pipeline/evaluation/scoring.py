@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
-from pipeline.core.imageio import ImageError, atomic_path, match_pairs, read_image
+from pipeline.core.atomic import atomic_path
+from pipeline.core.imageio import ImageError, match_pairs, read_image
 from pipeline.metrics import (
     METRIC_DIRECTION,
     METRIC_NAMES,
@@ -116,8 +119,6 @@ def _fmt(value: float) -> str:
 
 def render_table(scored: Sequence[ScoredImage], convention: str, single: bool):
     """A rich Table: one row per metric for a single triple, else one row per image + mean."""
-    from rich.table import Table
-
     arrow = {"higher": "↑", "lower": "↓"}
     if single:
         table = Table(title=f"Fusion metrics ({convention})", caption=str(scored[0].fused))
@@ -141,8 +142,6 @@ def render_table(scored: Sequence[ScoredImage], convention: str, single: bool):
 
 def print_table(table) -> None:
     """Print a rich table at full width, wider than the terminal if it must be (no '…' cells)."""
-    from rich.console import Console
-
     console = Console()
     needed = console.measure(table, options=console.options.update(max_width=100_000)).maximum
     if needed > console.width:

@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Literal
 
 import numpy as np
 
-from pipeline.core.imageio import LUMA_WEIGHTS, to_uint8
+from models.luma import LUMA_WEIGHTS
+from pipeline.core.imageio import to_uint8
+from pipeline.core.params import Convention
 from pipeline.metrics.edge import nabf, qabf
 from pipeline.metrics.window import VIF_MIN_SIDE, ssim, vif, vifp
 
-Convention = Literal["matlab", "cddfuse"]
-CONVENTIONS: tuple[str, ...] = ("matlab", "cddfuse")
+CONVENTIONS: tuple[str, ...] = tuple(Convention)
 METRIC_NAMES: list[str] = [
     "EN", "SD", "SF", "AG", "MI", "SCD", "CC", "VIF", "Qabf", "Nabf", "SSIM", "PSNR",
 ]  # fmt: skip

@@ -13,6 +13,7 @@ from functools import cache
 
 import cv2
 import numpy as np
+from skimage.metrics import structural_similarity
 
 VIF_NOISE_VAR = 2.0  # sigma_n^2 of Sheikh and Bovik's vifp_mscale
 VIF_EPS = 1e-10
@@ -165,8 +166,6 @@ def ssim(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "matlab"
     Identical images give 2.
     """
     if convention == "cddfuse":
-        from skimage.metrics import structural_similarity
-
         return float(
             structural_similarity(f, a, data_range=SSIM_CDDFUSE_DATA_RANGE)
             + structural_similarity(f, b, data_range=SSIM_CDDFUSE_DATA_RANGE)

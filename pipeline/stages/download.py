@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pooch
+import torch.hub
 from PIL import Image
 from tqdm import tqdm
 
@@ -38,6 +39,7 @@ from pipeline.core.imageio import read_image, to_grey, to_uint8
 from pipeline.core.params import DownloadParams, Params
 from pipeline.core.paths import ProjectPaths
 from pipeline.core.stage import stage_main
+from pipeline.reference_models import official_checkpoint
 
 INDEX_COLUMNS = [
     "pair_id",
@@ -78,7 +80,6 @@ def fetch_weights(params: DownloadParams, mirror: str | None, weights_tmp: Path)
         lines.append("VGG-19: not fetched (download.vgg19 is none).")
     else:
         weight = catalogue[("vgg19", params.vgg19)]
-        import torch.hub
 
         hub = Path(torch.hub.get_dir()) / "checkpoints"
         request = Request(weight.file_name, weight.url, weight.known_hash, _hash_hint("vgg19"))
@@ -115,8 +116,6 @@ def fetch_weights(params: DownloadParams, mirror: str | None, weights_tmp: Path)
     if params.official == "none":
         lines.append("CoCoNet official model: not fetched (download.official is none).")
     else:
-        from pipeline.reference_models import official_checkpoint
-
         weight = catalogue[("coconet", "official")]
         target = weights_tmp / Path(weight.target).name
         official_checkpoint(target, mirror, params.retries)

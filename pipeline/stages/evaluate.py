@@ -12,29 +12,33 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from models.coconet import CoCoNet
+from pipeline.catalogue import natural_key
+from pipeline.core.atomic import atomic_path
 from pipeline.core.errors import InputError
-from pipeline.core.imageio import ImageError, atomic_path, read_image, to_grey, write_image
+from pipeline.core.imageio import ImageError, read_image, to_grey, write_image
 from pipeline.core.params import Params
 from pipeline.core.paths import ProjectPaths
+from pipeline.core.placement import Placement, place
 from pipeline.core.stage import stage_main
-
-if TYPE_CHECKING:
-    import torch
-
-MODEL_NAME = "CoCoNet"
-REFERENCE_MARK = " (reference)"
+from pipeline.evaluation.baselines import BASELINES
+from pipeline.evaluation.report import write_gallery, write_report
+from pipeline.fusion import fuse_arrays
+from pipeline.inference import load_fusion_model
+from pipeline.metrics import METRIC_DIRECTION, METRIC_NAMES, compute_metrics, mean_metrics
+from pipeline.tracking.evaluation_run import MODEL_METHOD as MODEL_NAME
+from pipeline.tracking.evaluation_run import REFERENCE_MARK, log_evaluation
+from pipeline.tracking.run_record import read_run_info
 
 
 def load_test_split(index_path: Path, max_pairs: int | None = None) -> pd.DataFrame:
@@ -48,15 +52,10 @@ def load_test_split(index_path: Path, max_pairs: int | None = None) -> pd.DataFr
     if missing:
         raise InputError(f"{index_path}: missing columns {', '.join(sorted(missing))}")
     test = index[index["split"] == "test"]
-    test = test.iloc[sorted(range(len(test)), key=lambda i: _natural(test["pair_id"].iloc[i]))]
+    test = test.iloc[sorted(range(len(test)), key=lambda i: natural_key(test["pair_id"].iloc[i]))]
     if test.empty:
         raise InputError(f"{index_path}: no pair has split == test")
     return test.head(max_pairs) if max_pairs else test
-
-
-def _natural(text: str) -> list:
-    """Sort key that orders embedded numbers numerically (tno40/8 before tno40/10)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def output_names(test: pd.DataFrame) -> list[str]:
@@ -68,14 +67,11 @@ def output_names(test: pd.DataFrame) -> list[str]:
 
 
 def _methods(
-    models: dict[str, Any], settings
+    models: dict[str, CoCoNet], placement: Placement
 ) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
     """Every method compared: the trained model, the reference models, the classical baselines."""
-    from pipeline.evaluation.baselines import BASELINES
-    from pipeline.fusion import fuse_arrays
-
     methods = {
-        name: lambda vis, ir, net=net: fuse_arrays(net, vis, ir, settings)
+        name: lambda vis, ir, net=net: fuse_arrays(net, vis, ir, placement)
         for name, net in models.items()
     }
     for name, fuse in BASELINES.items():
@@ -92,10 +88,10 @@ def reference_names(params: Params) -> list[str]:
     return list(refs)
 
 
-def load_references(params: Params, paths: ProjectPaths, device: torch.device) -> dict[str, Any]:
+def load_references(
+    params: Params, paths: ProjectPaths, placement: Placement
+) -> dict[str, CoCoNet]:
     """Reference rows of the comparison, by report name (marked as references)."""
-    from pipeline.inference import load_fusion_model
-
     models = {}
     for ref in reference_names(params):
         if not paths.official_model.is_file():
@@ -103,7 +99,7 @@ def load_references(params: Params, paths: ProjectPaths, device: torch.device) -
                 f"{paths.official_model}: no official model; set download.official: latest and "
                 "run the download stage, or set evaluate.references: []"
             )
-        models[f"{ref}{REFERENCE_MARK}"] = load_fusion_model(str(paths.official_model), device)
+        models[f"{ref}{REFERENCE_MARK}"] = load_fusion_model(str(paths.official_model), placement)
     return models
 
 
@@ -120,23 +116,20 @@ def _clean(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:
-    """Run the stage; returns the means per method."""
-    from pipeline.evaluation.report import write_gallery, write_report
-    from pipeline.fusion import fusion_settings
-    from pipeline.inference import load_fusion_model
-    from pipeline.metrics import METRIC_DIRECTION, METRIC_NAMES, compute_metrics, mean_metrics
-    from pipeline.tracking.experiment import read_run_info
-
+def run(params: Params, paths: ProjectPaths, device: str | None = None) -> dict[str, Any]:
+    """Run the stage on ``device`` (default ``evaluate.device``); returns the means per
+    method."""
     ep = params.evaluate
     run_info = read_run_info(paths.run_info)
     test = load_test_split(paths.index, ep.max_pairs)
-    model = load_fusion_model(str(paths.model), device="auto")
-    device = next(model.parameters()).device
-    settings = fusion_settings(ep.precision, ep.max_memory, device)
-    print(f"evaluating on {device} in {settings.precision} (evaluate.precision: {ep.precision})")
-    references = load_references(params, paths, device)
-    methods = _methods({MODEL_NAME: model, **references}, settings)
+    placement = place(device or ep.device, ep.precision, ep.max_memory)
+    print(
+        f"evaluating on {placement.device} in {placement.precision} "
+        f"(evaluate.device: {ep.device}, evaluate.precision: {ep.precision})"
+    )
+    model = load_fusion_model(str(paths.model), placement)
+    references = load_references(params, paths, placement)
+    methods = _methods({MODEL_NAME: model, **references}, placement)
     names = output_names(test)
 
     out = _staging(paths.evaluation)  # swapped in at the end: no stale or partial outputs
@@ -175,7 +168,7 @@ def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:
         **{k: _clean(v) for k, v in means[MODEL_NAME].items()},
         "n_pairs": len(pairs),
         "convention": ep.convention,
-        "precision": settings.precision,
+        "precision": str(placement.precision),
         "baselines": {
             m: {k: _clean(v) for k, v in means[m].items()}
             for m in methods
@@ -191,7 +184,7 @@ def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:
         "metric convention": ep.convention,
         "model": f"{paths.model.relative_to(paths.root)} (MLflow run {run_info['run_id']})",
         "VGG-19 weights": str(run_info.get("vgg_weights", "?")),
-        "precision": f"{settings.precision} (evaluate.precision: {ep.precision})",
+        "precision": f"{placement.precision} (evaluate.precision: {ep.precision})",
         "references": ", ".join(references) + " (the authors' trained model, same split and "
         "convention)"
         if references
@@ -202,36 +195,8 @@ def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:
     out.rename(paths.evaluation)
     with atomic_path(paths.metrics) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    _log_to_mlflow(run_info, paths, means, test)
+    log_evaluation(run_info, paths, means, test)
     return means
-
-
-def _log_to_mlflow(
-    run_info: dict[str, Any], paths: ProjectPaths, means: dict, test: pd.DataFrame
-) -> None:
-    """Attach the evaluation to the training run: metrics, artifacts and the test split."""
-    import mlflow
-
-    from pipeline.tracking.experiment import attach_uri
-
-    mlflow.set_tracking_uri(attach_uri(run_info, paths.root))
-    metrics = {}
-    for method, values in means.items():
-        slug = method.removesuffix(REFERENCE_MARK) + (
-            "_reference" if REFERENCE_MARK in method else ""
-        )
-        prefix = "eval_" if method == MODEL_NAME else f"eval_{slug}_"
-        metrics.update({prefix + k: v for k, v in values.items() if not math.isnan(v)})
-    with mlflow.start_run(run_id=run_info["run_id"]):
-        mlflow.log_metrics(metrics)
-        with warnings.catch_warnings():  # "" and "file" schemes both map to the local source
-            warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(
-                test.reset_index(drop=True), source=str(paths.index), name="test split"
-            )
-        mlflow.log_input(dataset, context="evaluation")
-        mlflow.log_artifacts(str(paths.evaluation), "evaluation")
-        mlflow.log_artifact(str(paths.metrics), "evaluation")
 
 
 if __name__ == "__main__":

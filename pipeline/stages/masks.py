@@ -1,7 +1,8 @@
 """Stage ``masks``: one binary salient-target mask per training pair, and its measured quality.
 
 Pairs with a hand-drawn mask keep it (method ``manual``); every other training pair gets an
-automatic mask from :mod:`pipeline.data.saliency` (``masks.method``: ``sam`` or ``ir_saliency``).
+automatic mask from :mod:`pipeline.segmentation.saliency` (``masks.method``: ``sam`` or
+``ir_saliency``).
 The automatic method is also run on the manually masked pairs and scored against them
 (IoU, precision, recall) in ``reports/masks.json`` (means) and ``reports/masks_per_image.csv``;
 ``reports/masks_preview.png`` shows infrared | visible | automatic | manual mask.
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from PIL import Image
 from tqdm import tqdm
 
@@ -28,8 +30,9 @@ from pipeline.core.errors import CoconetError
 from pipeline.core.imageio import ImageError, read_grey_uint8, read_image, to_uint8
 from pipeline.core.params import PROJECT_ROOT, MasksParams, Params
 from pipeline.core.paths import ProjectPaths
+from pipeline.core.placement import place
 from pipeline.core.stage import stage_main
-from pipeline.data.saliency import SamPromptSegmenter, ir_saliency, load_sam_predictor
+from pipeline.segmentation.saliency import SamPromptSegmenter, ir_saliency
 
 Segmenter = Callable[[np.ndarray], np.ndarray]  # uint8 infrared HxW -> boolean mask HxW
 
@@ -61,7 +64,10 @@ def make_segmenter(params: MasksParams, root: Path = PROJECT_ROOT) -> Segmenter:
             f"download.sam={params.sam_model} (and re-run the download stage), or use "
             "masks.method=ir_saliency."
         )
-    return SamPromptSegmenter(load_sam_predictor(params.sam_model, checkpoint), params)
+    from pipeline.segmentation.sam_model import load_sam_predictor  # torch: only for SAM
+
+    predictor = load_sam_predictor(params.sam_model, checkpoint, place(params.device).device)
+    return SamPromptSegmenter(predictor, params)
 
 
 def mask_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -86,11 +92,6 @@ def _preview(
     paths: ProjectPaths, rows: list[dict], auto: dict[str, np.ndarray], count: int
 ) -> None:
     """Grid of infrared | visible | automatic mask | manual mask for a few pairs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     manual = [r for r in rows if r["method"] == "manual" and r["pair_id"] in auto]
     other = [r for r in rows if r["method"] != "manual" and r["pair_id"] in auto]
     n_manual = min(len(manual), (count + 1) // 2)
@@ -99,7 +100,8 @@ def _preview(
     if not picks:
         return
     titles = ("infrared", "visible", "automatic mask", "manual mask")
-    fig, axes = plt.subplots(len(picks), 4, figsize=(12, 2.6 * len(picks)), squeeze=False)
+    fig = Figure(figsize=(12, 2.6 * len(picks)))
+    axes = fig.subplots(len(picks), 4, squeeze=False)
     for ax_row, row in zip(axes, picks, strict=True):
         images = [
             read_image(paths.root / row["ir"]),
@@ -115,7 +117,6 @@ def _preview(
     fig.tight_layout()
     paths.reports.mkdir(parents=True, exist_ok=True)
     fig.savefig(paths.masks_preview, dpi=80, metadata={"Software": None})
-    plt.close(fig)
 
 
 def _spread(items: list, count: int) -> list:

@@ -25,10 +25,11 @@ from pipeline.core.stage import stage_main
 from pipeline.training.trainer import train_model
 
 
-def run(params: Params, paths: ProjectPaths, cpu: bool = False) -> dict[str, Any] | None:
-    """Run (or resume) the two-phase training; returns the run record on rank 0."""
-    return train_model(params, paths, force_cpu=cpu)
+def run(params: Params, paths: ProjectPaths, device: str | None = None) -> dict[str, Any] | None:
+    """Run (or resume) the two-phase training on ``device`` (default: ``train.device``);
+    returns the run record on rank 0."""
+    return train_model(params, paths, device)
 
 
 if __name__ == "__main__":
-    stage_main(run, __doc__.splitlines()[0], switches={"cpu": "train on CPU even with CUDA"})
+    stage_main(run, __doc__.splitlines()[0])

@@ -15,21 +15,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
+import mlflow
 from filelock import FileLock
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import ViewType
 
-from pipeline.core.errors import CoconetError, InputError
-from pipeline.core.imageio import atomic_path
+from pipeline.core.errors import CoconetError
 from pipeline.core.params import PROJECT_ROOT, Params, TrackingParams, load_params
 from pipeline.tracking.dvc_lock import LOCK_FILE as DVC_LOCK_FILE
 from pipeline.tracking.dvc_lock import stage_out_hashes
 
-RUN_INFO_FILE = PROJECT_ROOT / "artifacts" / "train_run.json"
 DATA_STAGES = ("download", "masks", "patches")
 
 
@@ -61,8 +63,6 @@ def sqlite_file(uri: str) -> Path | None:
 def _local_path(location: str, root: Path) -> Path | None:
     """The folder of a ``file:`` or plain-path artifact location (a relative one against
     ``root``); None for remote ones."""
-    from urllib.parse import unquote, urlparse
-
     parsed = urlparse(location)
     if parsed.scheme == "file":
         return Path(unquote(parsed.path)).resolve()
@@ -87,8 +87,6 @@ def connect(
     artifacts inside ``root`` or under ``tracking.artifact_root``: a copied or moved project
     still records the original's absolute paths and would read and write them.
     """
-    import mlflow
-
     root = root.resolve()
     tracking = tracking or _tracking_params(root)
     uri = uri or resolve_tracking_uri(tracking.uri, root)
@@ -110,11 +108,8 @@ def connect(
 
 
 def _check_locations(uri: str, db: Path, root: Path, tracking: TrackingParams) -> None:
-    from mlflow import MlflowClient
-    from mlflow.entities import ViewType
-
     allowed = [root, _local_path(tracking.artifact_root, root) or root]
-    for exp in MlflowClient(uri).search_experiments(view_type=ViewType.ALL):
+    for exp in mlflow.MlflowClient(uri).search_experiments(view_type=ViewType.ALL):
         path = _local_path(exp.artifact_location, root)
         if exp.experiment_id == "0" or path is None:
             continue
@@ -132,8 +127,6 @@ def setup_experiment(params: Params, root: Path = PROJECT_ROOT) -> str:
     and return the experiment id, creating the experiment (with its artifact location) if
     missing. A file lock (in the temp folder, one per store) makes the first creation safe
     when several processes start at once."""
-    import mlflow
-
     uri = connect(root, params.tracking, create=True)
     lock = (
         Path(tempfile.gettempdir())
@@ -164,46 +157,12 @@ def flatten_params(params: Params) -> dict[str, str]:
     return flat
 
 
-def git_state(root: Path = PROJECT_ROOT) -> tuple[str, bool]:
-    """The HEAD commit and whether tracked files other than ``dvc.lock`` differ from it
-    (DVC rewrites ``dvc.lock`` while the pipeline runs, which says nothing about the code);
-    ``("unknown", False)`` outside a git checkout."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(exclude)dvc.lock"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown", False
-    return commit, bool(status.strip())
-
-
-def git_tags(root: Path = PROJECT_ROOT) -> dict[str, str]:
-    """Tags recording the code version: MLflow's source-commit tag plus our own."""
-    commit, dirty = git_state(root)
-    return {
-        "mlflow.source.git.commit": commit,
-        "git_commit": commit,
-        "git_dirty": str(dirty).lower(),
-    }
-
-
 def log_data_inputs(
     lock_path: Path = DVC_LOCK_FILE, root: Path = PROJECT_ROOT, context: str = "training"
 ) -> list[dict[str, Any]]:
     """Log each data-stage output recorded in ``dvc.lock`` as an MLflow dataset input whose
     digest is DVC's md5 (so a run names exactly the data, masks and patches it used); no
     ``dvc.lock`` (a run outside ``dvc repro``) logs nothing."""
-    import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
     hashes = stage_out_hashes(lock_path)
     outs = [
         {"stage": stage, "path": path, "md5": md5}
@@ -218,30 +177,6 @@ def log_data_inputs(
         tags = {"dvc.stage": out["stage"], "dvc.md5": out["md5"]}
         mlflow.log_input(dataset, context=context, tags=tags)
     return outs
-
-
-def write_run_info(info: dict[str, Any], path: Path = RUN_INFO_FILE) -> Path:
-    """Write ``train_run.json`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-    return path
-
-
-def read_run_info(path: Path = RUN_INFO_FILE) -> dict[str, Any]:
-    """Read ``train_run.json``; a missing or broken file is a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no training run record; run the train stage first "
-            "(dvc repro train, or python -m pipeline.stages.train)"
-        )
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(info, dict) or not info.get("run_id"):
-        raise InputError(f"{path}: has no run_id")
-    return info
 
 
 def attach_uri(info: dict[str, Any], root: Path = PROJECT_ROOT) -> str:

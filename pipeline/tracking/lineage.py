@@ -14,13 +14,23 @@ import csv
 import hashlib
 import io
 import json
+import os
+import tempfile
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dvc.ignore import DvcIgnoreFilter
+from dvc_objects.fs.local import LocalFileSystem
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from tqdm import tqdm
+
 from pipeline.core.errors import CoconetError
 from pipeline.core.params import PROJECT_ROOT, ParamsError, load_params
+from pipeline.metrics import METRIC_DIRECTION
+from pipeline.tracking import experiment as tracking
 
 DEFAULT_TARGET = "models:/coconet@champion"
 HASH_CHUNK = 1 << 22
@@ -61,11 +71,6 @@ def _iso(ms: int | None) -> str:
 
 
 def _read_artifact_csv(client: Any, run_id: str, name: str) -> list[dict[str, str]] | None:
-    import os
-    import tempfile
-
-    from mlflow.exceptions import MlflowException
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -102,16 +107,11 @@ def dvc_hashes(tags: dict[str, str]) -> dict[str, dict[str, str]]:
 
 def evaluation_means(tags: dict[str, str]) -> dict[str, float]:
     """The CoCoNet evaluation means recorded as ``eval.<metric>`` tags, in metric order."""
-    from pipeline.metrics import METRIC_DIRECTION
-
     return {m: float(tags[f"eval.{m}"]) for m in METRIC_DIRECTION if f"eval.{m}" in tags}
 
 
 def collect(target: str = DEFAULT_TARGET, tracking_uri: str | None = None) -> dict[str, Any]:
     """The recorded lineage of a model URI or a run id, as a JSON-able dict."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     client = MlflowClient(tracking_uri)
     version = None
     try:
@@ -161,9 +161,6 @@ def collect(target: str = DEFAULT_TARGET, tracking_uri: str | None = None) -> di
 
 def _files(path: Path, root: Path) -> list[Path]:
     """The files DVC hashes under ``path``: ``.dvcignore`` rules (and .git/.dvc) applied."""
-    from dvc.ignore import DvcIgnoreFilter
-    from dvc_objects.fs.local import LocalFileSystem
-
     fs = LocalFileSystem()
     ignore = DvcIgnoreFilter(fs, str(root))
     found = []
@@ -186,8 +183,6 @@ def local_md5(root: Path, paths: list[str]) -> dict[str, str | None]:
     cache); None if missing. A file's is the md5 of its bytes; a directory's is DVC's ``.dir``
     hash: the md5 of the JSON list of ``{"md5", "relpath"}`` entries sorted by relpath. A
     progress bar (stderr, terminals only) shows on runs over 64 MB."""
-    from tqdm import tqdm
-
     root = Path(root).resolve()
     files: dict[str, list[Path] | None] = {}
     for rel in paths:
@@ -361,8 +356,6 @@ def audit(
     pairs: bool = False,
 ) -> tuple[str, bool]:
     """(report text, drift found) for the CLI."""
-    from pipeline.tracking import experiment as tracking
-
     params = load_params(root / "params.yaml")
     uri = tracking.connect(root, params.tracking)  # refuses a missing or another copy's store
     lineage = collect(target, uri)

@@ -33,14 +33,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
+import pandas as pd
 import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load, save_file
 
 from models.coconet import CoCoNet
 from models.state import StateDictError, coconet_from_state
 from pipeline.core.errors import CoconetError
 from pipeline.core.imageio import ImageError, read_image, write_image
-from pipeline.fusion import fuse_arrays, fusion_settings
+from pipeline.core.placement import Placement, place
+from pipeline.fusion import fuse_arrays
 
 FORMAT, FORMAT_VERSION = "coconet-safetensors", 1
 DATA_DIR, CONFIG_FILE, WEIGHTS_FILE = "coconet", "config.json", "model.safetensors"
@@ -61,8 +67,6 @@ class ModelFormatError(CoconetError, ValueError):
 def write_model_data(model: torch.nn.Module, folder: Path, config: dict[str, Any]) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (format, tensors, dtype added) to
     ``folder``, which is returned."""
-    from safetensors.torch import save_file
-
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     folder.mkdir(parents=True, exist_ok=True)
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -78,8 +82,6 @@ def log_model(
 ) -> Any:
     """Log ``model`` to the active MLflow run as this pyfunc model; returns MLflow's ModelInfo.
     ``config`` (``vgg_weights``, ``params_digest``, ...) goes into ``config.json``."""
-    import mlflow
-
     with tempfile.TemporaryDirectory() as tmp:
         data = write_model_data(model, Path(tmp) / DATA_DIR, config)
         return mlflow.pyfunc.log_model(
@@ -112,9 +114,6 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file; anything else is refused before it is parsed."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     if not path.is_file():
         raise ModelFormatError(f"{path}: missing (not a CoCoNet pyfunc model folder)")
     data = path.read_bytes()
@@ -142,8 +141,6 @@ def load_weights(folder: str | Path) -> CoCoNet:
 
 def load_model_dir(path: str | Path) -> CoCoNet:
     """A CoCoNet from a downloaded model folder whose ``MLmodel`` names this loader module."""
-    import yaml
-
     path = Path(path)
     mlmodel = path / "MLmodel"
     try:
@@ -166,10 +163,14 @@ def load_model_dir(path: str | Path) -> CoCoNet:
 
 
 def _load_pyfunc(data_path: str) -> FusionModel:
-    """MLflow's entry point (``mlflow.pyfunc.load_model``, ``mlflow models serve``)."""
+    """MLflow's entry point (``mlflow.pyfunc.load_model``, ``mlflow models serve``): placed
+    where ``coconet fuse`` places by default (CUDA when present, auto precision, a share of
+    the memory free at each request)."""
+    placement = place()
     model = load_weights(data_path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return FusionModel(model.to(device=device, memory_format=torch.channels_last))
+    return FusionModel(
+        model.to(device=placement.device, memory_format=torch.channels_last), placement
+    )
 
 
 def _decode(value: Any, role: str) -> tuple[np.ndarray, bool]:
@@ -207,15 +208,13 @@ def _encode(image: np.ndarray) -> str:
 class FusionModel:
     """What ``_load_pyfunc`` returns: ``predict`` fuses the request's pairs."""
 
-    def __init__(self, model: CoCoNet, precision: str = "auto") -> None:
+    def __init__(self, model: CoCoNet, placement: Placement) -> None:
         self.model = model.eval()
-        self.precision = precision
+        self.placement = placement
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
         """A DataFrame with columns ``vis`` and ``ir`` (one row per pair) -> DataFrame with
         ``fused``; a dict ``{"vis": ..., "ir": ...}`` (one pair) -> ``{"fused": ...}``."""
-        import pandas as pd
-
         if isinstance(model_input, dict):
             return {"fused": self._fuse_one(model_input)}
         if not isinstance(model_input, pd.DataFrame):
@@ -228,7 +227,5 @@ class FusionModel:
         if missing:
             raise ImageError(f"request lacks {', '.join(missing)} (give vis and ir)")
         (vis, vis_b64), (ir, _) = _decode(pair["vis"], "vis"), _decode(pair["ir"], "ir")
-        device = next(self.model.parameters()).device
-        settings = fusion_settings(self.precision, None, device)
-        fused = fuse_arrays(self.model, vis, ir, settings)
+        fused = fuse_arrays(self.model, vis, ir, self.placement)
         return _encode(fused) if vis_b64 else fused.tolist()

@@ -3,8 +3,8 @@
 A checkpoint holds the model and optimiser state, the epoch and phase reached, the loss
 history, and the RNG states of torch (CPU and CUDA), numpy and Python's ``random`` stored as
 tensors and plain values, so loading never unpickles arbitrary objects. It also holds a
-fingerprint (train+model params digest and the patches file hash): a checkpoint made with
-other params or data is ignored.
+fingerprint (train+model params digest, the patches file hash and the objective's term names):
+a checkpoint made with other params, data or loss terms is ignored.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import pooch
 import torch
 
-from pipeline.core.imageio import atomic_path
+from pipeline.core.atomic import atomic_path
 from pipeline.core.params import Params
 
 CHECKPOINT_PATTERN = re.compile(r"epoch_(\d+)\.pt$")
@@ -37,9 +38,14 @@ def file_md5(path: str | Path) -> str:
     return pooch.file_hash(str(path), alg="md5")
 
 
-def fingerprint(params: Params, patches_path: str | Path) -> dict[str, str]:
-    """What a checkpoint must match to be resumed."""
-    return {"params": params_digest(params), "patches_md5": file_md5(patches_path)}
+def fingerprint(params: Params, patches_path: str | Path, terms: Sequence[str]) -> dict[str, str]:
+    """What a checkpoint must match to be resumed: the params, the patches and the objective's
+    terms (the loss history's columns)."""
+    return {
+        "params": params_digest(params),
+        "patches_md5": file_md5(patches_path),
+        "terms": ",".join(terms),
+    }
 
 
 def rng_state() -> dict[str, Any]:

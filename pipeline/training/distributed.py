@@ -1,8 +1,9 @@
-"""Device choice and optional data-parallel (DDP) setup from ``torchrun``'s environment.
+"""Optional data-parallel (DDP) setup from ``torchrun``'s environment.
 
-Launched plainly, training runs in one process on CUDA if present, else CPU. Launched by
-``torchrun`` (``WORLD_SIZE`` > 1 in the environment), each process joins a process group:
-NCCL on GPUs, gloo on CPU. Only rank 0 logs, tracks and saves.
+Launched plainly, training runs in one process where ``train.device`` places it. Launched by
+``torchrun`` (``WORLD_SIZE`` > 1 in the environment), each process is placed on its local
+rank's GPU (or the CPU) and joins a process group: NCCL on GPUs, gloo on CPU. Only rank 0 logs,
+tracks and saves.
 """
 
 from __future__ import annotations
@@ -13,15 +14,21 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pipeline.core.placement import Placement, place
+
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where this process trains and its place in the process group."""
+    """Where this process trains (device and precision) and its place in the process group."""
 
-    device: torch.device
+    placement: Placement
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
 
     @property
     def distributed(self) -> bool:
@@ -31,30 +38,23 @@ class Runtime:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def amp(self) -> bool:
-        """Automatic mixed precision is used on CUDA only."""
-        return self.device.type == "cuda"
 
-
-def setup(force_cpu: bool = False) -> Runtime:
-    """Choose the device and, under ``torchrun``, initialise the process group."""
+def setup(device: str = "auto", precision: str = "auto") -> Runtime:
+    """Place this process (``device``/``precision`` as in params) and, under ``torchrun``,
+    initialise the process group."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and not force_cpu
+    placement = place(device, precision, local_rank=local_rank)
+    use_cuda = placement.device.type == "cuda"
     if use_cuda:
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+        torch.cuda.set_device(placement.device)
     if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if use_cuda else "gloo"
         if use_cuda:
-            dist.init_process_group(backend, device_id=device)
+            dist.init_process_group("nccl", device_id=placement.device)
         else:
-            dist.init_process_group(backend)
-    return Runtime(device=device, rank=rank, world_size=world_size, local_rank=local_rank)
+            dist.init_process_group("gloo")
+    return Runtime(placement, rank=rank, world_size=world_size, local_rank=local_rank)
 
 
 def barrier(runtime: Runtime) -> None:

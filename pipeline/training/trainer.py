@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import time
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +17,42 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from models.coconet import CoCoNet
+from models.objective import TOTAL, FusionObjective
+from models.official import VGG19_CONVS
 from models.scaling import to_signed, to_unit
 from pipeline.core.errors import CoconetError, InputError
-from pipeline.core.params import Params
+from pipeline.core.params import Params, TrainParams
 from pipeline.core.paths import ProjectPaths
-from pipeline.core.precision import autocast_context, resolve_precision
+from pipeline.data.patch_dataset import PatchDataset
+from pipeline.inference import checkpoint_state
+from pipeline.reference_models import official_checkpoint
+from pipeline.tracking.training_run import RunTracker
 from pipeline.training import distributed
 from pipeline.training.checkpoint import (
     checkpoint_path,
     find_resumable,
     fingerprint,
+    params_digest,
     rng_state,
     save_checkpoint,
 )
 from pipeline.training.checkpoint import set_rng_state as restore_rng_state
-from pipeline.training.run_tracking import HISTORY_COLUMNS, LOSS_NAMES, RunTracker
+from pipeline.training.outputs import history_columns, write_loss_csv, write_model_file
+
+OBJECTIVE_PARAMS = (  # the train params the objective takes, by the same names
+    "contrast_weight",
+    "ssim_weight",
+    "c1",
+    "c2",
+    "ssim_window",
+    "ssim_sigma",
+    "mse_range",
+    "ssim_padding",
+    "ssim_reduction",
+    "gradient_padding",
+    "contrastive_mode",
+)
 
 
 class TrainingDivergedError(CoconetError, RuntimeError):
@@ -51,14 +71,12 @@ def phase_of(epoch: int, params: Params) -> int:
     return 1 if epoch < params.train.phase1_epochs else 2
 
 
-def load_patches(path: Path):
+def load_patches(path: Path) -> PatchDataset:
     """The patches dataset; a missing file is a clear error naming the stage to run."""
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no patches file; run the patches stage first (dvc repro patches)"
         )
-    from pipeline.data.patch_dataset import PatchDataset
-
     dataset = PatchDataset(path)
     if len(dataset) == 0:
         raise InputError(f"{path}: contains no patches")
@@ -71,14 +89,7 @@ def load_initial_weights(model, source: str) -> None:
     Every tensor comes from the checkpoint except VGG-19 layers it says it lacks (an official
     checkpoint holds conv1_1 .. conv3_4): those keep ``model.vgg_weights``.
     """
-    from pipeline.inference import checkpoint_state
-
-    if source == "official":
-        from pipeline.reference_models import official_checkpoint
-
-        path = official_checkpoint()
-    else:
-        path = Path(source)
+    path = official_checkpoint() if source == "official" else Path(source)
     state, meta = checkpoint_state(path)
     unset = meta.get("official", {}).get("vgg_not_set", [])
     if unset:
@@ -90,40 +101,30 @@ def load_initial_weights(model, source: str) -> None:
 
 def vgg_keys(convs: list[str]) -> list[str]:
     """State-dict keys of our VGG-19 convolutions named ``conv4_1`` etc."""
-    from models.official import VGG19_CONVS
-
     return [f"vgg.features.{VGG19_CONVS[c]}.{t}" for c in convs for t in ("weight", "bias")]
 
 
+def build_objective(model: CoCoNet, train: TrainParams) -> FusionObjective:
+    """The training objective with the ``train`` params' loss settings (shares the VGG)."""
+    return FusionObjective(model.vgg, **train.model_dump(include=set(OBJECTIVE_PARAMS)))
+
+
 class Trainer:
-    """Model, losses, optimiser and one process's view of the data."""
+    """Model, objective, optimiser and one process's view of the data."""
 
-    def __init__(self, params: Params, dataset, runtime: distributed.Runtime) -> None:
-        from models.coconet import CoCoNet
-        from models.losses import AdaptiveFusionLoss, CoupledContrastiveLoss
-
+    def __init__(self, params: Params, dataset: PatchDataset, runtime: distributed.Runtime) -> None:
         self.params = params
         self.runtime = runtime
+        self.placement = runtime.placement
         tp = params.train
-        device = runtime.device
-        self.precision = resolve_precision(tp.precision, device)
+        device = self.placement.device
         self.memory_format = torch.channels_last
         self.model = CoCoNet(vgg_weights=params.model.vgg_weights)
         if tp.init_from:
             load_initial_weights(self.model, tp.init_from)
         self.model = self.model.to(device, memory_format=self.memory_format)
-        self.adaptive = AdaptiveFusionLoss(
-            ssim_weight=tp.ssim_weight,
-            c1=tp.c1,
-            c2=tp.c2,
-            ssim_window=tp.ssim_window,
-            ssim_sigma=tp.ssim_sigma,
-            mse_range=tp.mse_range,
-            ssim_padding=tp.ssim_padding,
-            ssim_reduction=tp.ssim_reduction,
-            gradient_padding=tp.gradient_padding,
-        ).to(device)
-        self.contrastive = CoupledContrastiveLoss(self.model.vgg, mode=tp.contrastive_mode)
+        self.objective = build_objective(self.model, tp).to(device)
+        self.terms = self.objective.names
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(trainable, lr=tp.lr)
         self.net = (
@@ -150,10 +151,6 @@ class Trainer:
             drop_last=False,
         )
 
-    def autocast(self) -> AbstractContextManager:
-        """bf16 autocast for the network and the contrastive VGG, or nothing (fp32)."""
-        return autocast_context(self.precision, self.runtime.device)
-
     def steps_per_epoch(self) -> int:
         cap = self.params.train.max_steps_per_epoch
         return min(len(self.loader), cap) if cap else len(self.loader)
@@ -166,49 +163,39 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
 
     def step(self, batch: torch.Tensor, phase: int) -> torch.Tensor:
-        """One optimisation step; returns the ``LOSS_NAMES`` values and the gradient norm,
-        detached and unsynchronised (the caller checks them: see :func:`check_finite`)."""
-        device = self.runtime.device
-        batch = batch.to(device, non_blocking=True)
+        """One optimisation step; returns the objective's terms (in :attr:`terms` order) and
+        the gradient norm, detached and unsynchronised (the caller checks them: see
+        :func:`check_step_finite`)."""
+        batch = batch.to(self.placement.device, non_blocking=True)
         vis, ir = batch[:, 0:1], batch[:, 1:2]
         mask = (batch[:, 2:3] > 0.5).to(batch.dtype)
-        with self.autocast():
+        with self.placement.autocast():
             out = self.net(
                 to_signed(vis).contiguous(memory_format=self.memory_format),
                 to_signed(ir).contiguous(memory_format=self.memory_format),
             )
-        fused = to_unit(out.float())
-        terms = self.adaptive.terms(fused, vis, ir)
-        ssim, mse = terms["ssim"].mean(), terms["mse"].mean()
-        adaptive = ssim + mse
-        if phase == 2 and self.params.train.contrast_weight > 0:
-            with self.autocast():  # the VGG features in bf16; the L1 ratios come out in fp32
-                contrastive = self.contrastive(fused, vis, ir, mask).float()
-        else:
-            contrastive = fused.new_zeros(())
-        loss = adaptive + self.params.train.contrast_weight * contrastive
+        terms = self.objective(to_unit(out.float()), vis, ir, mask, phase, self.placement.autocast)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        terms[TOTAL].backward()
         grad_norm = self.grad_norm()
         self.optimizer.step()
-        return torch.stack([loss, adaptive, contrastive, ssim, mse, grad_norm]).detach()
+        return torch.stack([*(terms[name] for name in self.terms), grad_norm]).detach()
 
     def grad_norm(self) -> torch.Tensor:
         """The total L2 norm of the gradients, one fused kernel per device (no sync)."""
         grads = [p.grad for group in self.optimizer.param_groups for p in group["params"]]
         grads = [g for g in grads if g is not None]
         if not grads:
-            return torch.zeros((), device=self.runtime.device)
+            return torch.zeros((), device=self.placement.device)
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
 
 
 def train_model(
-    params: Params,
-    paths: ProjectPaths,
-    force_cpu: bool = False,
+    params: Params, paths: ProjectPaths, device: str | None = None
 ) -> dict[str, Any] | None:
-    """Run (or resume) the two-phase training; returns the run record on rank 0."""
-    runtime = distributed.setup(force_cpu=force_cpu)
+    """Run (or resume) the two-phase training on ``device`` (default ``train.device``);
+    returns the run record on rank 0."""
+    runtime = distributed.setup(device or params.train.device, params.train.precision)
     try:
         return _train(params, paths, runtime)
     finally:
@@ -220,7 +207,8 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
     dataset = load_patches(paths.patches)
     seed_everything(tp.seed + runtime.rank)
     trainer = Trainer(params, dataset, runtime)
-    expected = fingerprint(params, paths.patches)
+    terms = trainer.terms
+    expected = fingerprint(params, paths.patches, terms)
     state, message = find_resumable(paths.checkpoints, expected)
     start_epoch, step, history, run_id = 0, 0, [], None
     if state is not None:
@@ -231,18 +219,21 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
     total_epochs = tp.phase1_epochs + tp.phase2_epochs
     steps_per_epoch = trainer.steps_per_epoch()
 
+    placement = runtime.placement
     tracker = (
-        RunTracker(params, paths, runtime, run_id, trainer.precision) if runtime.is_main else None
+        RunTracker(params, paths, placement, runtime.world_size, run_id)
+        if runtime.is_main
+        else None
     )
     if runtime.is_main:
         print(
-            f"training on {runtime.device} in {trainer.precision} "
-            f"(train.precision: {tp.precision})",
+            f"training on {placement.device} in {placement.precision} "
+            f"(train.device: {tp.device}, train.precision: {tp.precision})",
             flush=True,
         )
     if tracker:
         print(message, flush=True)
-        tracker.start(resumed_epoch=start_epoch if state is not None else None)
+        tracker.start(params_digest(params), start_epoch if state is not None else None)
     if state is not None:  # restored last, so nothing above can shift the random streams
         saved = state["rng"]
         restore_rng_state(saved[runtime.rank] if runtime.rank < len(saved) else saved[0])
@@ -257,7 +248,7 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
             phase = phase_of(epoch, params)
             trainer.model.train()
             trainer.sampler.set_epoch(epoch)
-            sums = torch.zeros(len(LOSS_NAMES), dtype=torch.float64)
+            sums = torch.zeros(len(terms), dtype=torch.float64)
             tic = time.perf_counter()
             seen = 0
             for index, batch in enumerate(trainer.loader):
@@ -266,8 +257,8 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
                 values = distributed.all_reduce_mean(trainer.step(batch, phase), runtime).cpu()
                 step += 1
                 kept = checkpoint_path(paths.checkpoints, epoch) if epoch else None
-                check_finite(values, step, epoch + 1, total_epochs, phase, kept)
-                losses = values[: len(LOSS_NAMES)]
+                check_step_finite(values, step, epoch + 1, total_epochs, phase, kept)
+                losses = values[: len(terms)]
                 seen += batch.shape[0] * runtime.world_size
                 sums += losses.double()
                 history.append([step, epoch + 1, phase, *losses.tolist()])
@@ -275,9 +266,9 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
                 bar.set_postfix(loss=f"{losses[0].item():.4f}")
                 bar.update(1)
                 if tracker and step % tp.log_every == 0:
-                    tracker.log_step(step, losses)
+                    tracker.log_step(step, dict(zip(terms, losses.tolist(), strict=True)))
             elapsed = time.perf_counter() - tic
-            means = (sums / max(1, steps_per_epoch)).tolist()
+            means = dict(zip(terms, (sums / max(1, steps_per_epoch)).tolist(), strict=True))
             rngs = _gather_rng(runtime)
             if tracker:
                 tracker.log_epoch(epoch + 1, phase, means, seen / max(elapsed, 1e-9))
@@ -290,7 +281,7 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
                         "phase": phase,
                         "step": step,
                         "history": torch.tensor(history, dtype=torch.float64).reshape(
-                            -1, len(HISTORY_COLUMNS)
+                            -1, len(history_columns(terms))
                         ),
                         "rng": rngs,
                         "run_id": tracker.run_id,
@@ -301,7 +292,17 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
         bar.close()
         if not tracker:
             return None
-        return tracker.finish(trainer.model, history)
+        write_loss_csv(paths.loss_csv, history, terms)
+        write_model_file(
+            paths.model,
+            trainer.model,
+            {
+                "vgg_weights": params.model.vgg_weights,
+                "precision": str(placement.precision),
+                "params": params.model_dump(mode="json", by_alias=True),
+            },
+        )
+        return tracker.finish(trainer.model, paths.loss_csv, params_digest(params))
     except BaseException as exc:
         bar.close()
         if tracker:
@@ -309,11 +310,11 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
         raise
 
 
-def check_finite(
+def check_step_finite(
     values: torch.Tensor, step: int, epoch: int, epochs: int, phase: int, kept: Path | None
 ) -> None:
     """Raise :class:`TrainingDivergedError` naming the step if a loss or the gradient norm
-    (``values``: the ``LOSS_NAMES`` values, then the norm, on the CPU) is not finite; ``kept``
+    (``values``: the objective's terms, then the norm, on the CPU) is not finite; ``kept``
     is the last checkpoint of this training, if any."""
     if bool(torch.isfinite(values).all()):
         return

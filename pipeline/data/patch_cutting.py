@@ -1,0 +1,85 @@
+"""Cutting training patches from a pair: a grid of windows, the busy ones kept, a seeded subset,
+and augmentations applied alike to all three channels.
+
+A pair is stacked as (3, H, W) uint8 [visible Y (BT.601 luma), infrared, mask 0/255]. A grid of
+``size`` x ``size`` windows with step ``stride`` is laid over it; windows where both sources are
+near-empty (standard deviation below ``min_std`` on the 0..255 scale) are dropped, at most
+``max_per_pair`` are drawn at random (seeded), and each patch is flipped / rotated by
+albumentations identically across its channels (infrared as an ``additional_targets`` image, the
+mask as the mask target).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from pipeline.core.imageio import ImageError, read_grey_uint8, read_image, to_grey, to_uint8
+from pipeline.core.params import PatchesParams
+
+
+def augmenter(p: PatchesParams) -> A.Compose:
+    """Seeded flips/rotations applied alike to visible, infrared (extra image) and mask."""
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=p.hflip_p),
+            A.VerticalFlip(p=p.vflip_p),
+            A.RandomRotate90(p=p.rotate90_p),
+        ],
+        additional_targets={"ir": "image"},
+        seed=p.seed,
+    )
+
+
+def load_pair(root: Path, row: dict) -> np.ndarray:
+    """Stack (3, H, W) uint8: visible Y, infrared, mask (0/255)."""
+    vis = to_uint8(to_grey(read_image(root / row["vis"])))
+    ir = read_grey_uint8(root / row["ir"])
+    mask = np.where(read_grey_uint8(root / row["mask_out"]) > 127, 255, 0).astype(np.uint8)
+    if not vis.shape == ir.shape == mask.shape:
+        raise ImageError(
+            f"{row['pair_id']}: sizes differ: visible {vis.shape}, infrared {ir.shape}, "
+            f"mask {mask.shape} ({root / row['mask_out']})"
+        )
+    return np.stack([vis, ir, mask])
+
+
+def window_std(image: np.ndarray, size: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Standard deviation of every ``size`` x ``size`` window with top-left (ys x xs) corners."""
+    total, squares = cv2.integral2(image, sdepth=cv2.CV_64F, sqdepth=cv2.CV_64F)
+    y, x = np.meshgrid(ys, xs, indexing="ij")
+
+    def box(t: np.ndarray) -> np.ndarray:
+        return t[y + size, x + size] - t[y, x + size] - t[y + size, x] + t[y, x]
+
+    n = size * size
+    mean = box(total) / n
+    return np.sqrt(np.maximum(box(squares) / n - mean**2, 0.0))
+
+
+def grid_patches(
+    stack: np.ndarray, p: PatchesParams, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Top-left corners (M, 2) and patches (M, 3, S, S) kept from one pair, with counts."""
+    size, stride = p.size, p.stride
+    _, height, width = stack.shape
+    ys, xs = np.arange(0, height - size + 1, stride), np.arange(0, width - size + 1, stride)
+    counts = {"windows": len(ys) * len(xs), "near_empty": 0, "subsampled": 0}
+    if counts["windows"] == 0:
+        return np.zeros((0, 2), np.int32), np.zeros((0, 3, size, size), np.uint8), counts
+    busy = (window_std(stack[0], size, ys, xs) >= p.min_std) | (
+        window_std(stack[1], size, ys, xs) >= p.min_std
+    )
+    cells = np.argwhere(busy)
+    counts["near_empty"] = counts["windows"] - len(cells)
+    if p.max_per_pair is not None and len(cells) > p.max_per_pair:
+        counts["subsampled"] = len(cells) - p.max_per_pair
+        cells = cells[np.sort(rng.choice(len(cells), p.max_per_pair, replace=False))]
+    corners = (cells * stride).astype(np.int32)
+    windows = sliding_window_view(stack, (size, size), axis=(1, 2))
+    patches = windows[:, corners[:, 0], corners[:, 1]].transpose(1, 0, 2, 3)
+    return corners, np.ascontiguousarray(patches), counts

@@ -1,0 +1,248 @@
+"""The registered model: safetensors + JSON loaded by our own loader module, never unpickled
+(a planted pickle payload never runs), fusing through the pyfunc API and over REST."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import os
+import pickle
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.core.imageio import write_image
+from pipeline.core.params import Params
+from pipeline.core.paths import ProjectPaths
+from pipeline.core.placement import place
+from pipeline.fusion import fuse_arrays
+from pipeline.inference import ModelLoadError, load_fusion_model
+from pipeline.stages import register as reg
+from pipeline.tracking import pyfunc_model
+from tests.helpers.models import CPU_FP32
+from tests.helpers.registry import log_training_run, make_project
+
+PARAMS = Params.model_validate({"model": {"vgg_weights": "random"}})
+METRICS = {"VIF": 0.5, "Qabf": 0.5, "SSIM": 0.5, "Nabf": 0.1}
+
+
+class Payload:
+    """Unpickling this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+@pytest.fixture(scope="module")
+def registered(random_model, mlflow_store, tmp_path_factory):
+    """``random_model`` trained-and-registered as ``models:/coconet@champion``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+        root = make_project(tmp_path_factory.mktemp("proj"), METRICS)
+        record = log_training_run(root, mlflow_store, model=random_model)
+        reg.run(PARAMS, ProjectPaths(root))
+    return record
+
+
+@pytest.fixture
+def store(registered, mlflow_store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    return registered
+
+
+def model_folder(model_uri: str) -> Path:
+    """The logged model's folder (``models:/m-<id>``) in the local artifact store."""
+    from mlflow import MlflowClient
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    logged = MlflowClient().get_logged_model(model_uri.removeprefix("models:/"))
+    return Path(local_file_uri_to_path(logged.artifact_location))
+
+
+def test_loads_through_alias_and_run_uri_without_pickle(store, random_model):
+    import mlflow
+
+    folder = Path(mlflow.artifacts.download_artifacts("models:/coconet@champion"))
+    names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert {"data/coconet/model.safetensors", "data/coconet/config.json"} <= names
+    assert not [n for n in names if n.endswith((".pth", ".pkl", ".pt"))], names
+    expected = random_model.state_dict()
+    for uri in ("models:/coconet@champion", store["run_model_uri"]):
+        model = load_fusion_model(uri, CPU_FP32)
+        assert not model.training and model.vgg_weights == "random"
+        state = model.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in expected.items())
+
+
+def test_planted_pickle_is_refused_and_never_runs(store, tmp_path):
+    weights = model_folder(store["model_uri"]) / "data/coconet/model.safetensors"
+    original = weights.read_bytes()
+    marker = tmp_path / "pwned"
+    weights.write_bytes(pickle.dumps(Payload(marker)))
+    try:
+        with pytest.raises(ModelLoadError, match="not a safetensors file"):
+            load_fusion_model("models:/coconet@champion", CPU_FP32)
+        write_image(tmp_path / "ir.png", np.full((16, 16), 0.5, np.float32))
+        write_image(tmp_path / "vis.png", np.full((16, 16), 0.25, np.float32))
+        args = ["fuse", "--model", "models:/coconet@champion", "--device", "cpu"]
+        args += ["--ir", str(tmp_path / "ir.png"), "--vis", str(tmp_path / "vis.png")]
+        result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "out.png")])
+        assert result.exit_code == 1, result.output
+        assert "data/coconet/model.safetensors: not a safetensors file" in result.output
+        assert not (tmp_path / "out.png").exists()
+    finally:
+        weights.write_bytes(original)
+    assert not marker.exists(), "the planted pickle ran"
+
+
+def test_a_pickled_model_version_is_refused_and_never_runs(store, tmp_path):
+    """A version logged the old way (mlflow.pytorch, pickle) whose model.pth is a payload."""
+    import mlflow
+
+    marker = tmp_path / "pwned"
+    with mlflow.start_run(experiment_id=store["experiment_id"]):
+        info = mlflow.pytorch.log_model(
+            torch.nn.Linear(2, 1),
+            name="model",
+            serialization_format="pickle",
+            pip_requirements=["torch"],
+        )
+    (model_folder(info.model_uri) / "data/model.pth").write_bytes(pickle.dumps(Payload(marker)))
+    version = mlflow.register_model(info.model_uri, "coconet").version
+    mlflow.MlflowClient().set_registered_model_alias("coconet", "pickled", version)
+    with pytest.raises(ModelLoadError, match="loader module 'mlflow.pytorch'"):
+        load_fusion_model("models:/coconet@pickled", CPU_FP32)
+    assert not marker.exists(), "the pickled model ran"
+
+
+def test_model_folder_refusals(tmp_path):
+    folder = pyfunc_model.write_model_data(torch.nn.Linear(2, 1), tmp_path / "m", {})
+    with pytest.raises(pyfunc_model.ModelFormatError, match="config.json: no vgg_weights"):
+        pyfunc_model.load_weights(folder)
+    folder = pyfunc_model.write_model_data(
+        torch.nn.Linear(2, 1), tmp_path / "m", {"vgg_weights": "random"}
+    )
+    with pytest.raises(pyfunc_model.ModelFormatError, match="weights do not fit CoCoNet"):
+        pyfunc_model.load_weights(folder)
+    nan = torch.nn.Linear(2, 1)
+    torch.nn.init.constant_(nan.bias, float("nan"))
+    pyfunc_model.write_model_data(nan, folder, {"vgg_weights": "random"})
+    with pytest.raises(pyfunc_model.ModelFormatError, match="non-finite weights .* in bias"):
+        pyfunc_model.load_weights(folder)
+    (folder / "model.safetensors").write_bytes(pickle.dumps(Payload(tmp_path / "pwned")))
+    with pytest.raises(pyfunc_model.ModelFormatError, match="not a safetensors file"):
+        pyfunc_model.load_weights(folder)
+    (folder / "config.json").write_text('{"format": "coconet-safetensors", "version": 2}')
+    with pytest.raises(pyfunc_model.ModelFormatError, match="format version 2"):
+        pyfunc_model.load_weights(folder)
+    assert not (tmp_path / "pwned").exists()
+
+
+def _png_b64(image: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(np.rint(image * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_pyfunc_predict_request_forms(store, random_model):
+    import mlflow
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    vis, ir = rng.random((20, 28)).astype(np.float32), rng.random((20, 28)).astype(np.float32)
+    served = mlflow.pyfunc.load_model("models:/coconet@champion")
+    # fused as `coconet fuse` fuses: precision auto, the default memory budget
+    settings = place("cpu", "auto")
+    reference = copy.deepcopy(random_model).to(memory_format=torch.channels_last)  # as served
+    expected = fuse_arrays(reference, vis, ir, settings)
+
+    lists = served.predict(pd.DataFrame([{"vis": vis.tolist(), "ir": ir.tolist()}] * 2))
+    assert list(lists.columns) == ["fused"] and len(lists) == 2
+    np.testing.assert_allclose(np.asarray(lists["fused"][1]), expected, atol=1e-5)
+
+    colour = np.stack([vis, ir, vis], axis=-1)
+    pngs = served.predict(pd.DataFrame([{"vis": _png_b64(colour), "ir": _png_b64(ir)}]))
+    fused = np.asarray(Image.open(io.BytesIO(base64.b64decode(pngs["fused"][0]))))
+    assert fused.shape == (20, 28, 3) and fused.dtype == np.uint8
+
+    one = served.predict({"vis": vis, "ir": ir})
+    np.testing.assert_allclose(np.asarray(one["fused"]), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="request lacks ir"):
+        served.predict(pd.DataFrame([{"vis": vis.tolist()}]))
+    with pytest.raises(ValueError, match="within 0..1"):
+        served.predict({"vis": vis * 3, "ir": ir})
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, body: bytes, timeout: float = 60) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_fuses_over_rest(store, mlflow_store, tmp_path):
+    import json
+
+    port = _free_port()
+    cli = Path(sys.executable).parent / "mlflow"
+    command = [str(cli), "models", "serve", "-m", "models:/coconet@champion"]
+    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    path = os.pathsep.join([str(cli.parent), os.environ.get("PATH", "")])  # uvicorn beside it
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PATH": path}
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, f"server exited: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"server not up: {log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                time.sleep(1)
+        rng = np.random.default_rng(1)
+        vis, ir = rng.random((24, 32)), rng.random((24, 32))
+        records = [{"vis": vis.tolist(), "ir": ir.tolist()}]
+        body = json.dumps({"dataframe_records": records}).encode()
+        status, answer = _post(f"http://127.0.0.1:{port}/invocations", body)
+        assert status == 200, answer[:2000]
+        fused = np.asarray(json.loads(answer)["predictions"][0]["fused"])
+        assert fused.shape == (24, 32) and fused.min() >= 0 and fused.max() <= 1
+        assert fused.std() > 0
+        bad = json.dumps({"dataframe_records": [{"vis": "not an image", "ir": "x"}]}).encode()
+        status, answer = _post(f"http://127.0.0.1:{port}/invocations", bad)
+        assert status >= 400 and b"not base64 image bytes" in answer, answer[:2000]
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
