@@ -1,10 +1,11 @@
 """CoCoNet's training objective: every loss term of a step, by name, and the total minimised.
 
-Phase 1 minimises the adaptive fusion loss (its weighted SSIM and intensity terms); phase 2 adds
-the coupled contrastive loss times ``contrast_weight``. :meth:`FusionObjective.forward` returns
-the terms as a mapping whose keys are :attr:`FusionObjective.names` in that order, the total
-(:data:`TOTAL`) first. The trainer, the logged metrics, ``reports/train_loss.csv`` and the
-checkpoint history follow those names, so a new term is added here and nowhere else.
+Phase 1 minimises the adaptive fusion loss (its weighted SSIM and intensity, i.e. MSE, terms);
+phase 2 adds the coupled contrastive loss times ``contrast_weight``.
+:meth:`FusionObjective.forward` returns the terms as a mapping whose keys are
+:attr:`FusionObjective.names` in that order, the total (:data:`TOTAL`) first. The trainer, the
+logged metrics, ``reports/train_loss.csv`` and the checkpoint history follow those names, so a
+new term is added here and nowhere else.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ TOTAL = "loss"
 class FusionObjective(nn.Module):
     """The two losses of the paper combined per phase; images on 0..1, (B, 1, H, W)."""
 
-    names: tuple[str, ...] = (TOTAL, "adaptive", "contrastive", "ssim", "mse")
+    names: tuple[str, ...] = (TOTAL, "adaptive", "contrastive", "ssim", "intensity")
 
     def __init__(
         self,
@@ -69,8 +70,8 @@ class FusionObjective(nn.Module):
         """Every term (scalars, fp32) for ``fused`` (fp32) against its sources; the contrastive
         term only in phase 2, its VGG features under ``autocast()`` (e.g. bf16)."""
         parts = self.adaptive.terms(fused, vis, ir)
-        ssim, mse = parts["ssim"].mean(), parts["mse"].mean()
-        adaptive = ssim + mse
+        ssim, intensity = parts["ssim"].mean(), parts["mse"].mean()
+        adaptive = ssim + intensity
         if phase == 2 and self.contrast_weight > 0:
             with autocast():  # the VGG features in bf16; the L1 ratios come out in fp32
                 contrastive = self.contrastive(fused, vis, ir, mask).float()
@@ -81,5 +82,5 @@ class FusionObjective(nn.Module):
             "adaptive": adaptive,
             "contrastive": contrastive,
             "ssim": ssim,
-            "mse": mse,
+            "intensity": intensity,
         }

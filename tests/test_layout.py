@@ -271,7 +271,7 @@ def test_each_constant_is_defined_once():
 def test_one_vocabulary_one_sort_one_stage_entry():
     assert files_containing('"fp32", "bf16"') == set()  # Precision, in placement.py
     assert files_containing('"cpu", "cuda"') == set()  # Device, in placement.py
-    assert files_containing(r're.split(r"(\d+)"') == {"pipeline/catalogue/loader.py"}
+    assert files_containing(r're.split(r"(\d+)"') == {"pipeline/core/ordering.py"}
     assert files_containing("require=") == {"pipeline/core/stage.py"}
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.errors import CoconetError
+from pipeline.core.ordering import natural_key
 
 CATALOGUE_DIR = Path(__file__).resolve().parent
 DATASETS_DIR = CATALOGUE_DIR / "datasets"
@@ -97,11 +98,6 @@ def url_key(url: str) -> str:
     if not sep or not rest:
         raise CatalogueError(f"{url}: not an absolute URL")
     return rest
-
-
-def natural_key(text: str) -> tuple:
-    """Sort key that orders embedded numbers numerically."""
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
 
 
 def available_datasets() -> list[str]:

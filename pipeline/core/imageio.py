@@ -1,87 +1,37 @@
-"""Reading and writing images: 8/16-bit grey or colour PNG/BMP/JPG/TIFF, written atomically.
+"""Reading and writing image files: 8/16-bit grey or colour PNG/BMP/JPG/TIFF (decoded by
+:mod:`pipeline.core.decoding`), written atomically; folders of images paired by name.
 
 Nothing here imports torch, so a bad image fails fast.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 import tifffile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from models.luma import LUMA_WEIGHTS
 from pipeline.core.atomic import atomic_write
-from pipeline.core.errors import CoconetError
+from pipeline.core.decoding import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from pipeline.core.ordering import natural_key
 
 IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
-
-log = logging.getLogger(__name__)
-
-
-class ImageError(CoconetError, ValueError):
-    """An input image is missing, unreadable, or does not fit its partner."""
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "ImageError", "read_image", "write_image"]
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as float32 on the 0..1 scale: HxW for grey, HxWx3 for colour.
-
-    8-bit images are divided by 255, 16-bit ones by 65535.
-    """
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image as float32 on the 0..1 scale: HxW for grey, HxWx3 for colour, by the
+    rules of :mod:`pipeline.core.decoding` (size checked from the header, scale, EXIF)."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            array = tifffile.imread(path)
-        else:
-            with Image.open(path) as img:
-                img.load()
-                array = _pil_to_array(img, path)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise ImageError(f"{path}: not a readable image ({exc})") from exc
-    return _normalise(array, path)
-
-
-def _warn_alpha(path: Path, alpha: np.ndarray) -> None:
-    """Log (WARNING) that a transparent image's alpha channel is dropped; silent if opaque."""
-    opaque = np.iinfo(alpha.dtype).max if alpha.dtype.kind in "ui" else 1.0
-    if (alpha < opaque).any():
-        log.warning(
-            "%s: has transparent pixels; the alpha channel is ignored (fused as opaque)", path
-        )
-
-
-def _pil_to_array(img: Image.Image, path: Path) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return np.asarray(img).astype(np.uint16)
-    if img.has_transparency_data:  # RGBA, LA, PA, or a palette / tRNS transparency
-        grey = img.mode in ("L", "LA", "La", "1")
-        array = np.asarray(img.convert("LA" if grey else "RGBA"))
-        _warn_alpha(path, array[..., -1])
-        return array[..., 0] if grey else array[..., :3]
-    if img.mode in ("L", "RGB"):
-        return np.asarray(img)
-    return np.asarray(img.convert("RGB"))
-
-
-def _normalise(array: np.ndarray, path: Path) -> np.ndarray:
-    if array.ndim == 3 and array.shape[2] == 4:  # a TIFF with an alpha channel
-        _warn_alpha(path, array[..., 3])
-        array = array[..., :3]
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
-        raise ImageError(f"{path}: unsupported image shape {array.shape}")
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
-    if np.issubdtype(array.dtype, np.floating):
-        return np.clip(array.astype(np.float32), 0.0, 1.0)
-    raise ImageError(f"{path}: unsupported pixel type {array.dtype}")
+        with open(path, "rb") as handle:
+            return decode_image(handle, str(path), max_pixels)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:
@@ -96,9 +46,9 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
-def read_grey_uint8(path: str | Path) -> np.ndarray:
+def read_grey_uint8(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """An image as 8-bit grey (colour becomes BT.601 luma, rounded to 8 bits)."""
-    return to_uint8(to_grey(read_image(path)))
+    return to_uint8(to_grey(read_image(path, max_pixels)))
 
 
 def write_image(path: str | Path, image: np.ndarray, bits: int = 8) -> Path:
@@ -136,7 +86,7 @@ def list_images(folder: str | Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise ImageError(f"{folder}: no such directory")
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
+    for path in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         if path.stem in found:
@@ -151,11 +101,12 @@ def list_images(folder: str | Path) -> dict[str, Path]:
 
 
 def match_pairs(**folders: str | Path) -> list[tuple[str, dict[str, Path]]]:
-    """Match images across folders by stem; any unmatched name is an error naming it."""
+    """Match images across folders by stem, in natural order (2 before 10); any unmatched name
+    is an error naming it."""
     listings = {role: list_images(folder) for role, folder in folders.items()}
     names = set().union(*(set(v) for v in listings.values()))
     missing = {
-        role: sorted(names - set(listing))
+        role: sorted(names - set(listing), key=natural_key)
         for role, listing in listings.items()
         if names - set(listing)
     }
@@ -165,4 +116,5 @@ def match_pairs(**folders: str | Path) -> list[tuple[str, dict[str, Path]]]:
             for role, stems in missing.items()
         )
         raise ImageError(f"unmatched image names: {detail}")
-    return [(name, {role: listings[role][name] for role in listings}) for name in sorted(names)]
+    ordered = sorted(names, key=natural_key)
+    return [(name, {role: listings[role][name] for role in listings}) for name in ordered]

@@ -16,6 +16,7 @@ from pipeline.core.errors import CoconetError
 from pipeline.core.placement import Device, Precision, parse_memory
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MAX_PIXELS = 100_000_000  # images above this many pixels are refused from their header
 PARAMS_FILE = PROJECT_ROOT / "params.yaml"
 
 
@@ -68,7 +69,7 @@ class MasksParams(_Section):
 
 
 class PatchesParams(_Section):
-    size: int = Field(64, ge=8)
+    patch_size: int = Field(64, ge=8)
     stride: int = Field(32, ge=1)
     max_per_pair: int | None = Field(300, ge=1)
     min_std: float = Field(4.0, ge=0)
@@ -107,6 +108,7 @@ class EvaluateParams(_Section):
     convention: Convention = Convention.matlab
     max_pairs: int | None = Field(None, ge=1)
     gallery_pairs: int = Field(8, ge=0)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     device: Device = Device.auto
     precision: Precision = Precision.auto
     max_memory: str | None = None
@@ -122,6 +124,7 @@ class EvaluateParams(_Section):
 
 class RegisterParams(_Section):
     model_name: str = "coconet"
+    test_set: str = "tno40"
     promote_metrics: list[str] = Field(["VIF", "Qabf", "SSIM"], min_length=1)
     min_wins: int = Field(2, ge=1)
 

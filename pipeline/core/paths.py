@@ -48,6 +48,10 @@ class ProjectPaths:
         return self.reports / "masks.json"
 
     @property
+    def masks_summary(self) -> Path:
+        return self.reports / "masks_summary.json"
+
+    @property
     def masks_per_image(self) -> Path:
         return self.reports / "masks_per_image.csv"
 
@@ -97,6 +101,14 @@ class ProjectPaths:
     @property
     def metrics(self) -> Path:
         return self.reports / "metrics.json"
+
+    @property
+    def comparison(self) -> Path:
+        return self.reports / "comparison.json"
+
+    @property
+    def evaluation_run(self) -> Path:
+        return self.reports / "evaluation_run.json"
 
     # --- register ---------------------------------------------------------------------------
     @property

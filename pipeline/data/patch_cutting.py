@@ -2,7 +2,7 @@
 and augmentations applied alike to all three channels.
 
 A pair is stacked as (3, H, W) uint8 [visible Y (BT.601 luma), infrared, mask 0/255]. A grid of
-``size`` x ``size`` windows with step ``stride`` is laid over it; windows where both sources are
+``patch_size`` x ``patch_size`` windows with step ``stride`` is laid over it; windows where both sources are
 near-empty (standard deviation below ``min_std`` on the 0..255 scale) are dropped, at most
 ``max_per_pair`` are drawn at random (seeded), and each patch is flipped / rotated by
 albumentations identically across its channels (infrared as an ``additional_targets`` image, the
@@ -65,7 +65,7 @@ def grid_patches(
     stack: np.ndarray, p: PatchesParams, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Top-left corners (M, 2) and patches (M, 3, S, S) kept from one pair, with counts."""
-    size, stride = p.size, p.stride
+    size, stride = p.patch_size, p.stride
     _, height, width = stack.shape
     ys, xs = np.arange(0, height - size + 1, stride), np.arange(0, width - size + 1, stride)
     counts = {"windows": len(ys) * len(xs), "near_empty": 0, "subsampled": 0}

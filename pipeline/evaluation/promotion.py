@@ -35,19 +35,33 @@ class Decision:
         return CHAMPION if self.promote else CHALLENGER
 
 
-def coconet_means(metrics: dict[str, Any]) -> dict[str, float]:
-    """CoCoNet's mean metrics from ``reports/metrics.json``: the known metric names at top
-    level (or under a ``coconet`` key); baselines, counts and undefined (null) means ignored."""
-    source = metrics.get("coconet", metrics)
-    if isinstance(source, dict) and isinstance(source.get("mean"), dict):
-        source = source["mean"]
+@dataclass(frozen=True)
+class Champion:
+    """The current champion as the rule sees it: its version, the means of the evaluation its
+    promotion used, and that evaluation's test-split fingerprint."""
+
+    version: str
+    means: dict[str, float]
+    fingerprint: str
+
+
+def coconet_means(metrics: dict[str, Any], test_set: str) -> dict[str, float]:
+    """The model's means on ``test_set`` from ``reports/metrics.json`` (``{test set: {metric:
+    mean}}``); undefined (null) means are left out."""
+    source = metrics.get(test_set)
+    if not isinstance(source, dict):
+        known = ", ".join(k for k, v in metrics.items() if isinstance(v, dict)) or "none"
+        raise InputError(
+            f"metrics.json has no means for test set {test_set!r} (register.test_set; "
+            f"evaluated: {known})"
+        )
     means = {
         k: float(v)
         for k, v in source.items()
         if k in METRIC_DIRECTION and isinstance(v, int | float) and not isinstance(v, bool)
     }
     if not means:
-        raise InputError("metrics.json holds no CoCoNet mean metrics")
+        raise InputError(f"metrics.json holds no means for test set {test_set!r}")
     return means
 
 
@@ -64,25 +78,13 @@ def evaluation_fingerprint(rows: list[dict[str, str]], params: Params) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def champion_means(tags: dict[str, str]) -> dict[str, float]:
-    """The evaluation means recorded on a version's ``eval.<metric>`` tags."""
-    out = {}
-    for key, value in tags.items():
-        if key.startswith("eval.") and key.count(".") == 1:
-            try:
-                out[key.removeprefix("eval.")] = float(value)
-            except ValueError:
-                continue
-    return out
-
-
 def decide(
     new_means: dict[str, float],
     new_fingerprint: str,
-    champion: tuple[str, dict[str, str]] | None,
+    champion: Champion | None,
     params: Params,
 ) -> Decision:
-    """Apply the promotion rule; ``champion`` is (version, its tags) or None."""
+    """Apply the promotion rule against ``champion`` (None: there is none yet)."""
     rule = params.register_
     unknown = [m for m in rule.promote_metrics if m not in METRIC_DIRECTION]
     if unknown:
@@ -92,8 +94,7 @@ def decide(
         raise InputError(f"metrics.json lacks promote metric(s) {missing}")
     if champion is None:
         return Decision(True, "first version: no champion yet")
-    version, tags = champion
-    old_fp = tags.get(FINGERPRINT_TAG, "")
+    version, old_fp, old_means = champion.version, champion.fingerprint, champion.means
     if old_fp != new_fingerprint:
         return Decision(
             False,
@@ -102,7 +103,6 @@ def decide(
             "champion kept (re-evaluate on one split, or move the alias by hand)",
             version,
         )
-    old_means = champion_means(tags)
     absent = [m for m in rule.promote_metrics if m not in old_means]
     if absent:
         return Decision(

@@ -96,17 +96,22 @@ def write_gallery(
 
 def write_report(
     path: str | Path,
-    means: Mapping[str, Mapping[str, float]],
+    means: Mapping[str, Mapping[str, Mapping[str, float]]],
     direction: Mapping[str, str],
     context: Mapping[str, str],
     gallery: Sequence[str] = (),
     seconds: Mapping[str, float] | None = None,
+    notes: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
-    """The README-style evaluation report: context, ranking table, timings, gallery links."""
+    """The README-style evaluation report: context, a ranking table per test set (``means``:
+    test set -> method -> metric), notes per test set, timings, gallery links."""
     lines = ["# Evaluation", ""]
     lines += [f"- **{key}**: {value}" for key, value in context.items()]
-    lines += ["", "## Ranking", "", ranking_table(means, direction)]
+    for test_set, methods in means.items():
+        lines += ["", f"## Ranking on {test_set}", "", ranking_table(methods, direction)]
+        lines += [f"- {note}" for note in (notes or {}).get(test_set, ())]
     lines += [
+        "",
         "↑: higher is better, ↓: lower is better; the best value of each metric is in bold.",
         "Mean rank: each method's rank per metric (1 = best), averaged over the metrics.",
         "",

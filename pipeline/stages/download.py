@@ -35,29 +35,12 @@ from pipeline.catalogue.fetch import (  # noqa: F401  (re-exported for the stage
     resolve_mirror,
     source_url,
 )
+from pipeline.catalogue.index import INDEX_COLUMNS
 from pipeline.core.imageio import read_image, to_grey, to_uint8
 from pipeline.core.params import DownloadParams, Params
 from pipeline.core.paths import ProjectPaths
 from pipeline.core.stage import stage_main
 from pipeline.reference_models import official_checkpoint
-
-INDEX_COLUMNS = [
-    "pair_id",
-    "dataset",
-    "pair",
-    "split",
-    "width",
-    "height",
-    "ir",
-    "vis",
-    "mask",
-    "ir_url",
-    "vis_url",
-    "mask_url",
-    "ir_sha256",
-    "vis_sha256",
-    "mask_sha256",
-]
 
 
 def _hash_hint(family: str) -> str:

@@ -1,69 +1,50 @@
-"""The evaluate stage: fuse every test pair with the trained model and the classical
-baselines, score them all, and report.
+"""The evaluate stage: fuse every test pair with the trained model, the reference models and the
+classical baselines, score them all per test set, report, and record the evaluation in its own
+MLflow run.
 
-Outputs: ``reports/evaluation/per_image.csv``, ``reports/evaluation/report.md`` (ranking),
-``reports/evaluation/gallery/<pair>.png``, ``reports/evaluation/fused/<pair>.png`` (the
-model's fused images, to rescore with ``coconet metrics``), ``reports/metrics.json`` (DVC
-metrics: the model's means at top level, each baseline's under ``baselines``). Everything is
-also logged to the training's MLflow run (``artifacts/train_run.json``).
+Outputs (each evaluation replaces the last whole: built in a fresh folder, then swapped in):
+
+* ``reports/metrics.json`` (DVC metrics): the model's means, ``{test set: {metric: mean}}``;
+* ``reports/comparison.json`` (DVC metrics): the baselines' and references' means,
+  ``{test set: {method: {metric: mean}}}``;
+* ``reports/evaluation/``: ``per_image.csv``, ``report.md`` (a ranking per test set),
+  ``summary.json`` (pairs, convention, placement, test-split fingerprint), ``fused/<pair>.png``
+  (the model's images, to rescore with ``coconet metrics``), ``gallery/<pair>.png``;
+* ``reports/evaluation_run.json``: the evaluation's MLflow run, which the register stage records
+  on the model version.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from tqdm import tqdm
 
 from models.coconet import CoCoNet
-from pipeline.catalogue import natural_key
-from pipeline.core.atomic import atomic_path
+from pipeline.catalogue.index import load_test_split, output_names, read_index
+from pipeline.core.atomic import atomic_path, write_json
 from pipeline.core.errors import InputError
-from pipeline.core.imageio import ImageError, read_image, to_grey, write_image
+from pipeline.core.imageio import to_grey
 from pipeline.core.params import Params
 from pipeline.core.paths import ProjectPaths
 from pipeline.core.placement import Placement, place
 from pipeline.core.stage import stage_main
 from pipeline.evaluation.baselines import BASELINES
-from pipeline.evaluation.report import write_gallery, write_report
+from pipeline.evaluation.comparison import clean, score_pairs
+from pipeline.evaluation.promotion import evaluation_fingerprint
+from pipeline.evaluation.report import write_report
 from pipeline.fusion import fuse_arrays
 from pipeline.inference import load_fusion_model
-from pipeline.metrics import METRIC_DIRECTION, METRIC_NAMES, compute_metrics, mean_metrics
-from pipeline.tracking.evaluation_run import MODEL_METHOD as MODEL_NAME
-from pipeline.tracking.evaluation_run import REFERENCE_MARK, log_evaluation
+from pipeline.metrics import METRIC_DIRECTION
+from pipeline.tracking import names
+from pipeline.tracking.evaluation_run import EvaluationRun
 from pipeline.tracking.run_record import read_run_info
 
-
-def load_test_split(index_path: Path, max_pairs: int | None = None) -> pd.DataFrame:
-    """The test split of ``data/raw/index.csv`` (sorted by pair id, capped at ``max_pairs``)."""
-    if not index_path.is_file():
-        raise FileNotFoundError(
-            f"{index_path}: no dataset index; run the download stage first (dvc repro download)"
-        )
-    index = pd.read_csv(index_path, dtype=str, keep_default_na=False)
-    missing = {"pair_id", "pair", "split", "ir", "vis"} - set(index.columns)
-    if missing:
-        raise InputError(f"{index_path}: missing columns {', '.join(sorted(missing))}")
-    test = index[index["split"] == "test"]
-    test = test.iloc[sorted(range(len(test)), key=lambda i: natural_key(test["pair_id"].iloc[i]))]
-    if test.empty:
-        raise InputError(f"{index_path}: no pair has split == test")
-    return test.head(max_pairs) if max_pairs else test
-
-
-def output_names(test: pd.DataFrame) -> list[str]:
-    """File stems for the outputs: the pair name, or the pair id flattened if names repeat."""
-    pairs = test["pair"].tolist()
-    if len(set(pairs)) == len(pairs):
-        return pairs
-    return [pid.replace("/", "__") for pid in test["pair_id"]]
+MODEL_NAME = "CoCoNet"
+REFERENCE_MARK = " (reference)"
 
 
 def _methods(
@@ -111,17 +92,23 @@ def _staging(target: Path) -> Path:
     return staging
 
 
-def _clean(value: float) -> float | None:
-    """NaN as JSON null (DVC and strict JSON readers reject NaN)."""
-    return None if value is None or math.isnan(value) else float(value)
+def _swap(staging: Path, target: Path) -> None:
+    """Replace ``target`` by ``staging`` whole: no file of an earlier evaluation is kept."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def run(params: Params, paths: ProjectPaths, device: str | None = None) -> dict[str, Any]:
-    """Run the stage on ``device`` (default ``evaluate.device``); returns the means per
-    method."""
+    """Run the stage on ``device`` (default ``evaluate.device``); returns the means,
+    ``{test set: {method: {metric: mean}}}``."""
     ep = params.evaluate
     run_info = read_run_info(paths.run_info)
     test = load_test_split(paths.index, ep.max_pairs)
+    fingerprint = evaluation_fingerprint(read_index(paths.index), params)
     placement = place(device or ep.device, ep.precision, ep.max_memory)
     print(
         f"evaluating on {placement.device} in {placement.precision} "
@@ -130,72 +117,58 @@ def run(params: Params, paths: ProjectPaths, device: str | None = None) -> dict[
     model = load_fusion_model(str(paths.model), placement)
     references = load_references(params, paths, placement)
     methods = _methods({MODEL_NAME: model, **references}, placement)
-    names = output_names(test)
+    counts = test.groupby("dataset", sort=False).size().to_dict()
+    title = f"evaluate {', '.join(f'{k} ({n})' for k, n in counts.items())}"
 
-    out = _staging(paths.evaluation)  # swapped in at the end: no stale or partial outputs
-    rows: list[dict[str, Any]] = []
-    seconds: dict[str, list[float]] = {m: [] for m in methods}
-    gallery: list[str] = []
-    pairs = list(zip(test.itertuples(index=False), names, strict=True))
-    for number, (pair, name) in enumerate(tqdm(pairs, desc="evaluate", unit="pair")):
-        ir = read_image(paths.root / pair.ir)
-        vis = read_image(paths.root / pair.vis)
-        if ir.shape[:2] != vis.shape[:2]:
-            raise ImageError(f"{pair.ir} and {pair.vis}: sizes differ")
-        fused_by_method = {}
-        for method, fuse in methods.items():
-            tic = time.perf_counter()
-            fused = fuse(vis, ir)
-            seconds[method].append(time.perf_counter() - tic)
-            fused_by_method[method] = fused
-            scores = compute_metrics(ir, vis, fused, convention=ep.convention)
-            rows.append({"pair_id": pair.pair_id, "method": method, **scores})
-        write_image(out / "fused" / f"{name}.png", fused_by_method[MODEL_NAME])
-        if number < ep.gallery_pairs:
-            panels = [("infrared", ir), ("visible", vis), *fused_by_method.items()]
-            write_gallery(out / "gallery" / f"{name}.png", pair.pair_id, panels)
-            gallery.append(f"gallery/{name}.png")
-
-    per_image = pd.DataFrame(rows, columns=["pair_id", "method", *METRIC_NAMES])
-    with atomic_path(out / "per_image.csv") as tmp:
-        per_image.to_csv(tmp, index=False, float_format="%.6g")
-    means = {
-        m: mean_metrics(r for r in rows if r["method"] == m)  # NaN only where undefined
-        for m in methods
-    }
-    mean_seconds = {m: float(np.mean(s)) for m, s in seconds.items()}
-    summary = {
-        **{k: _clean(v) for k, v in means[MODEL_NAME].items()},
-        "n_pairs": len(pairs),
-        "convention": ep.convention,
-        "precision": str(placement.precision),
-        "baselines": {
-            m: {k: _clean(v) for k, v in means[m].items()}
-            for m in methods
-            if m != MODEL_NAME and m not in references
-        },
-        "references": {
-            m.removesuffix(REFERENCE_MARK): {k: _clean(v) for k, v in means[m].items()}
-            for m in references
-        },
-    }
-    context = {
-        "test pairs": f"{len(pairs)} (split == test in {paths.index.relative_to(paths.root)})",
-        "metric convention": ep.convention,
-        "model": f"{paths.model.relative_to(paths.root)} (MLflow run {run_info['run_id']})",
-        "VGG-19 weights": str(run_info.get("vgg_weights", "?")),
-        "precision": f"{placement.precision} (evaluate.precision: {ep.precision})",
-        "references": ", ".join(references) + " (the authors' trained model, same split and "
-        "convention)"
-        if references
-        else "none",
-    }
-    write_report(out / "report.md", means, METRIC_DIRECTION, context, gallery, mean_seconds)
-    shutil.rmtree(paths.evaluation, ignore_errors=True)
-    out.rename(paths.evaluation)
-    with atomic_path(paths.metrics) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    log_evaluation(run_info, paths, means, test)
+    with EvaluationRun(run_info, paths.root, params, title) as record:
+        out = _staging(paths.evaluation)
+        scores = score_pairs(
+            paths.root, test, output_names(test), methods, ep.convention, out,
+            ep.gallery_pairs, MODEL_NAME, ep.max_pixels,
+        )  # fmt: skip
+        per_image = scores.per_image()
+        with atomic_path(out / "per_image.csv") as tmp:
+            per_image.to_csv(tmp, index=False, float_format="%.6g")
+        means = scores.means()
+        summary = {
+            "test_pairs": {str(k): int(v) for k, v in counts.items()},
+            "convention": str(ep.convention),
+            "device": str(placement.device),
+            "precision": str(placement.precision),
+            "test_fingerprint": fingerprint,
+            "mlflow_run": record.run_id,
+        }
+        write_json(out / "summary.json", summary)
+        context = {
+            "test pairs": ", ".join(f"{k}: {n}" for k, n in counts.items())
+            + f" (split == test in {paths.index.relative_to(paths.root)})",
+            "metric convention": str(ep.convention),
+            "model": f"{paths.model.relative_to(paths.root)} (MLflow run {run_info['run_id']})",
+            "evaluation run": record.run_id,
+            "precision": f"{placement.precision} (evaluate.precision: {ep.precision})",
+            "references": ", ".join(references) + " (the authors' trained model, same split)"
+            if references
+            else "none",
+        }
+        write_report(
+            out / "report.md", means, METRIC_DIRECTION, context, scores.gallery,
+            scores.mean_seconds(),
+        )  # fmt: skip
+        _swap(out, paths.evaluation)
+        model_means = {s: {k: clean(v) for k, v in m[MODEL_NAME].items()} for s, m in means.items()}
+        others = {
+            s: {
+                name.replace(REFERENCE_MARK, "_reference"): {k: clean(v) for k, v in m.items()}
+                for name, m in methods_.items()
+                if name != MODEL_NAME
+            }
+            for s, methods_ in means.items()
+        }
+        write_json(paths.metrics, model_means)
+        write_json(paths.comparison, others)
+        record.log(means, MODEL_NAME, test, per_image, paths.evaluation,
+                   {names.EVAL_SPLIT_FINGERPRINT: fingerprint})  # fmt: skip
+    write_json(paths.evaluation_run, {"run_id": record.run_id, "test_fingerprint": fingerprint})
     return means
 
 

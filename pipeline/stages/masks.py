@@ -2,10 +2,10 @@
 
 Pairs with a hand-drawn mask keep it (method ``manual``); every other training pair gets an
 automatic mask from :mod:`pipeline.segmentation.saliency` (``masks.method``: ``sam`` or
-``ir_saliency``).
-The automatic method is also run on the manually masked pairs and scored against them
-(IoU, precision, recall) in ``reports/masks.json`` (means) and ``reports/masks_per_image.csv``;
-``reports/masks_preview.png`` shows infrared | visible | automatic | manual mask.
+``ir_saliency``). The automatic method is also run on the manually masked pairs and scored
+against them (IoU, precision, recall) in ``reports/masks.json`` (DVC metrics ``mask_iou``,
+``mask_precision``, ``mask_recall``) and ``reports/masks_per_image.csv``; the counts go to
+``reports/masks_summary.json``; ``reports/masks_preview.png`` shows infrared | visible | automatic | manual mask.
 
 Outputs: ``data/masks/<dataset>/<pair>.png`` (0/255) and ``data/masks/index.csv``
 (pair_id, mask, method), built aside and renamed into place at the end.
@@ -13,7 +13,6 @@ Outputs: ``data/masks/<dataset>/<pair>.png`` (0/255) and ``data/masks/index.csv`
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -26,6 +25,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.core.atomic import atomic_path, write_json
 from pipeline.core.errors import CoconetError
 from pipeline.core.imageio import ImageError, read_grey_uint8, read_image, to_uint8
 from pipeline.core.params import PROJECT_ROOT, MasksParams, Params
@@ -174,29 +174,36 @@ def run(params: Params, paths: ProjectPaths, segmenter: Segmenter | None = None)
         shutil.rmtree(tmp, ignore_errors=True)
 
     per_image = pd.DataFrame(scores, columns=["pair_id", "iou", "precision", "recall"])
-    summary = {
+    quality = {  # DVC metrics: the automatic method against the hand-drawn masks
+        "mask_iou": _mean(per_image["iou"]),
+        "mask_precision": _mean(per_image["precision"]),
+        "mask_recall": _mean(per_image["recall"]),
+    }
+    summary = {  # counts, a plain report
         "method": p.method,
         "pairs": len(rows),
         "manual": sum(r["method"] == "manual" for r in rows),
         "automatic": sum(r["method"] != "manual" for r in rows),
         "evaluated": len(per_image),
-        "iou": _mean(per_image["iou"]),
-        "precision": _mean(per_image["precision"]),
-        "recall": _mean(per_image["recall"]),
         "mean_area_frac": round(float(np.mean([r["area_frac"] for r in rows])), 6),
     }
-    paths.reports.mkdir(parents=True, exist_ok=True)
-    paths.masks_report.write_text(json.dumps(summary, indent=2) + "\n")
-    per_image.round(6).to_csv(paths.masks_per_image, index=False)
+    write_json(paths.masks_report, quality)
+    write_json(paths.masks_summary, summary)
+    with atomic_path(paths.masks_per_image) as tmp:
+        per_image.round(6).to_csv(tmp, index=False)
     _preview(
         paths, rows, {k: to_uint8(v.astype(np.float32)) for k, v in auto.items()}, p.preview_pairs
     )
     print(
         f"data/masks: {summary['manual']} manual + {summary['automatic']} {p.method}; "
-        f"{p.method} vs manual on {summary['evaluated']} pairs: IoU {summary['iou']:.3f}, "
-        f"precision {summary['precision']:.3f}, recall {summary['recall']:.3f}"
+        f"{p.method} vs manual on {summary['evaluated']} pairs: IoU {_show(quality['mask_iou'])}, "
+        f"precision {_show(quality['mask_precision'])}, recall {_show(quality['mask_recall'])}"
     )
-    return summary
+    return {**summary, **quality}
+
+
+def _show(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _mean(values: pd.Series) -> float | None:

@@ -9,14 +9,12 @@ seeded generator, a seeded ``A.Compose``, and HDF5 objects written without times
 
 from __future__ import annotations
 
-import json
-
 import h5py
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.core.atomic import atomic_path
+from pipeline.core.atomic import atomic_path, write_json
 from pipeline.core.imageio import ImageError
 from pipeline.core.params import Params
 from pipeline.core.paths import ProjectPaths
@@ -54,7 +52,7 @@ def run(params: Params, paths: ProjectPaths) -> dict:
     sums = np.zeros(3)
     squares = np.zeros(3)
     with atomic_path(paths.patches) as tmp, h5py.File(tmp, "w", track_order=False) as h5:
-        writer = PatchWriter(h5, p.size, p.model_dump())
+        writer = PatchWriter(h5, p.patch_size, p.model_dump())
         for row in tqdm(pairs, desc="patches", unit="pair"):
             stack = load_pair(paths.root, row)
             yx, patches, counts = grid_patches(stack, p, rng)
@@ -72,7 +70,7 @@ def run(params: Params, paths: ProjectPaths) -> dict:
             squares += (flat**2).mean(axis=2).sum(axis=0)
         count = writer.count
         if count == 0:
-            raise ImageError(f"no patch of {p.size}x{p.size} could be cut from {len(pairs)} pairs")
+            raise ImageError(f"no patch of {p.patch_size}x{p.patch_size} could be cut from {len(pairs)} pairs")
         writer.close()
     mean = sums / count
     summary = {
@@ -90,8 +88,7 @@ def run(params: Params, paths: ProjectPaths) -> dict:
         "mask_fraction": round(float(mean[2] / 255.0), 6),
         "bytes": paths.patches.stat().st_size,
     }
-    paths.reports.mkdir(parents=True, exist_ok=True)
-    paths.patches_report.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(paths.patches_report, summary)
     print(
         f"data/patches.h5: {count} patches from {summary['pairs']} pairs {summary['per_dataset']}"
     )

@@ -29,6 +29,7 @@ from mlflow.entities import ViewType
 
 from pipeline.core.errors import CoconetError
 from pipeline.core.params import PROJECT_ROOT, Params, TrackingParams, load_params
+from pipeline.tracking import names
 from pipeline.tracking.dvc_lock import LOCK_FILE as DVC_LOCK_FILE
 from pipeline.tracking.dvc_lock import stage_out_hashes
 
@@ -125,8 +126,8 @@ def _check_locations(uri: str, db: Path, root: Path, tracking: TrackingParams) -
 def setup_experiment(params: Params, root: Path = PROJECT_ROOT) -> str:
     """Point MLflow at the configured store (checked by :func:`connect`, created if missing)
     and return the experiment id, creating the experiment (with its artifact location) if
-    missing. A file lock (in the temp folder, one per store) makes the first creation safe
-    when several processes start at once."""
+    missing, tagged as a model-training experiment. A file lock (in the temp folder, one per
+    store) makes the first creation safe when several processes start at once."""
     uri = connect(root, params.tracking, create=True)
     lock = (
         Path(tempfile.gettempdir())
@@ -144,6 +145,7 @@ def setup_experiment(params: Params, root: Path = PROJECT_ROOT) -> str:
                 params.tracking.experiment, artifact_location=location
             )
     mlflow.set_experiment(experiment_id=experiment_id)
+    mlflow.set_experiment_tag(names.EXPERIMENT_KIND, names.EXPERIMENT_KIND_VALUE)
     return experiment_id
 
 

@@ -31,6 +31,9 @@ from pipeline.core.errors import CoconetError
 from pipeline.core.params import PROJECT_ROOT, ParamsError, load_params
 from pipeline.metrics import METRIC_DIRECTION
 from pipeline.tracking import experiment as tracking
+from pipeline.tracking import names
+from pipeline.tracking.dvc_lock import stage_out_hashes
+from pipeline.tracking.version_tags import recorded_hashes
 
 DEFAULT_TARGET = "models:/coconet@champion"
 HASH_CHUNK = 1 << 22
@@ -61,8 +64,8 @@ def _version_info(mv: Any) -> dict[str, Any]:
         "source": mv.source,
         "created": _iso(mv.creation_timestamp),
         "description": mv.description or "",
-        "decision": mv.tags.get("promotion.decision", ""),
-        "reason": mv.tags.get("promotion.reason", ""),
+        "decision": mv.tags.get(names.DECISION, ""),
+        "reason": mv.tags.get(names.REASON, ""),
     }
 
 
@@ -95,19 +98,24 @@ def _datasets(raw: list[dict[str, str]], masks: list[dict[str, str]] | None) -> 
     return list(out.values())
 
 
-def dvc_hashes(tags: dict[str, str]) -> dict[str, dict[str, str]]:
-    """``{stage: {path: md5}}`` from ``dvc.<stage>.<path>`` tags."""
-    out: dict[str, dict[str, str]] = {}
-    for key, value in sorted(tags.items()):
-        if key.startswith("dvc."):
-            stage, _, path = key.removeprefix("dvc.").partition(".")
-            out.setdefault(stage, {})[path] = value
-    return out
-
-
-def evaluation_means(tags: dict[str, str]) -> dict[str, float]:
-    """The CoCoNet evaluation means recorded as ``eval.<metric>`` tags, in metric order."""
-    return {m: float(tags[f"eval.{m}"]) for m in METRIC_DIRECTION if f"eval.{m}" in tags}
+def _evaluation(client: MlflowClient, tags: dict[str, str]) -> dict[str, Any] | None:
+    """The evaluation the version's promotion used: its run and the model's means per test
+    set (``eval.<metric>`` tags of versions registered before evaluations had runs)."""
+    run_id = tags.get(names.EVAL_RUN)
+    if not run_id:
+        legacy = {m: float(tags[f"eval.{m}"]) for m in METRIC_DIRECTION if f"eval.{m}" in tags}
+        return {"run_id": "", "status": "", "means": {"test": legacy}} if legacy else None
+    run = client.get_run(run_id)
+    means: dict[str, dict[str, float]] = {}
+    for key, value in run.data.metrics.items():
+        parts = key.split("/")  # eval/<test set>/<method>/<metric>
+        if len(parts) == 4 and parts[0] == "eval" and parts[2] == "CoCoNet":
+            means.setdefault(parts[1], {})[parts[3]] = value
+    ordered = {
+        test_set: {m: values[m] for m in METRIC_DIRECTION if m in values}
+        for test_set, values in sorted(means.items())
+    }
+    return {"run_id": run_id, "status": run.info.status, "means": ordered}
 
 
 def collect(target: str = DEFAULT_TARGET, tracking_uri: str | None = None) -> dict[str, Any]:
@@ -132,10 +140,12 @@ def collect(target: str = DEFAULT_TARGET, tracking_uri: str | None = None) -> di
             if found:
                 mv = max(found, key=lambda v: int(v.version))
                 version, tags = _version_info(mv), {**tags, **mv.tags}
+        evaluation = _evaluation(client, tags) if version else None
     except MlflowException as exc:
         raise LineageError(f"{target}: {exc.message}") from exc
     raw = _read_artifact_csv(client, run_id, "raw_index.csv")
     masks = _read_artifact_csv(client, run_id, "masks_index.csv")
+    run_tags = run.data.tags
     return {
         "target": target,
         "model": version,
@@ -145,16 +155,16 @@ def collect(target: str = DEFAULT_TARGET, tracking_uri: str | None = None) -> di
             "status": run.info.status,
             "start_time": _iso(run.info.start_time),
             "end_time": _iso(run.info.end_time),
-            "git_commit": tags.get("git.commit") or run.data.tags.get("git_commit", ""),
-            "git_dirty": tags.get("git.dirty") or run.data.tags.get("git_dirty", ""),
+            "git_commit": run_tags.get(names.GIT_COMMIT, ""),
+            "git_dirty": run_tags.get(names.GIT_DIRTY, ""),
             "params": dict(sorted(run.data.params.items())),
             "metrics": dict(sorted(run.data.metrics.items())),
         },
-        "params_digest": tags.get("params.digest", ""),
-        "vgg_weights": tags.get("model.vgg_weights", ""),
-        "test_fingerprint": tags.get("eval.test_fingerprint", ""),
-        "evaluation": evaluation_means(tags),
-        "dvc": dvc_hashes(tags),
+        "params_digest": tags.get(names.PARAMS_DIGEST) or tags.get("params.digest", ""),
+        "vgg_weights": run.data.params.get("model.vgg_weights", ""),
+        "test_fingerprint": tags.get(names.EVAL_SPLIT_FINGERPRINT, ""),
+        "evaluation": evaluation,
+        "dvc": recorded_hashes(tags) if version else {},
         "datasets": _datasets(raw, masks) if raw is not None else None,
     }
 
@@ -164,8 +174,8 @@ def _files(path: Path, root: Path) -> list[Path]:
     fs = LocalFileSystem()
     ignore = DvcIgnoreFilter(fs, str(root))
     found = []
-    for folder, _, names in ignore.walk(fs, str(path)):
-        found += [Path(folder) / name for name in names]
+    for folder, _, files in ignore.walk(fs, str(path)):
+        found += [Path(folder) / name for name in files]
     return found
 
 
@@ -209,14 +219,28 @@ def local_md5(root: Path, paths: list[str]) -> dict[str, str | None]:
 
 
 def verify(lineage: dict[str, Any], root: Path = PROJECT_ROOT) -> list[dict[str, Any]]:
-    """Compare recorded hashes with the local files (and the params digest with
-    ``params.yaml``): one check per item, ``ok`` False on drift."""
+    """Compare the recorded hashes with the local files' bytes and with the local ``dvc.lock``
+    (which ``dvc checkout`` trusts), and the params digest with ``params.yaml``: one check per
+    item, ``ok`` False on drift."""
     recorded = {p: md5 for outs in lineage["dvc"].values() for p, md5 in outs.items()}
     checks = []
     for path, current in local_md5(root, sorted(recorded)).items():
         state = "ok" if current == recorded[path] else "missing" if current is None else "changed"
         checks.append(
             {"item": path, "recorded": recorded[path], "local": current, "ok": state == "ok"}
+        )
+    locked = {
+        p: md5 for outs in stage_out_hashes(root / "dvc.lock").values() for p, md5 in outs.items()
+    }
+    for path in sorted(recorded):
+        current = locked.get(path)
+        checks.append(
+            {
+                "item": f"dvc.lock {path}",
+                "recorded": recorded[path],
+                "local": current,
+                "ok": current == recorded[path],
+            }
         )
     if lineage.get("params_digest"):
         try:
@@ -286,13 +310,17 @@ def _summary_lines(lineage: dict[str, Any]) -> list[str]:
     for i, ds in enumerate(lineage["datasets"] or []):
         label = "datasets" if i == 0 else ""
         lines.append(f"{label:<8} {ds['name']}: {_splits(ds)}; masks: {_mask_methods(ds)}")
-    if lineage["evaluation"]:
-        means = ", ".join(f"{k}={v:.4g}" for k, v in lineage["evaluation"].items())
-        lines += textwrap.wrap(
-            means, 100, initial_indent="eval     CoCoNet means ", subsequent_indent=" " * 9
-        )
+    evaluation = lineage["evaluation"]
+    if evaluation:
+        if evaluation["run_id"]:
+            lines.append(f"eval     run {evaluation['run_id']} ({evaluation['status']})")
+        for test_set, values in evaluation["means"].items():
+            means = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+            lines += textwrap.wrap(
+                means, 100, initial_indent=f"         {test_set}: ", subsequent_indent=" " * 9
+            )
     else:
-        lines.append("eval     (no evaluation means recorded)")
+        lines.append("eval     (no evaluation recorded for this run's model)")
     return lines
 
 
@@ -302,9 +330,7 @@ def _detail_lines(lineage: dict[str, Any]) -> list[str]:
     run = lineage["run"]
     if lineage["model"]:
         lines.append(f"source   {lineage['model']['source']}")
-    shown = {
-        k: v for k, v in run["metrics"].items() if not k.startswith(("eval_", "step_", "system/"))
-    }
+    shown = {k: v for k, v in run["metrics"].items() if k.startswith("train_epoch/")}
     if shown:
         lines.append("metrics  " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
     params = ", ".join(f"{k}={v}" for k, v in run["params"].items())

@@ -10,32 +10,25 @@ Model folder (``runs:/<run>/model``)::
 Loading reads only those two files: anything else in place of the weights (a pickle, a torch
 ``.pth``) is a :class:`ModelFormatError`, never executed.
 
+The model carries a signature (string columns ``vis`` and ``ir`` in, ``fused`` out) and an
+input example; its requirements name this package (``coconet``) and the libraries it needs, and
+no lock file is copied into it. Requests are handled by :mod:`pipeline.tracking.served_model`:
 REST (``mlflow models serve -m models:/coconet@champion --env-manager local``), ``POST
-/invocations`` with ``Content-Type: application/json``, one record per pair::
-
-    {"dataframe_records": [{"vis": "<base64 PNG>", "ir": "<base64 PNG>"}]}
-    -> {"predictions": [{"fused": "<base64 8-bit PNG>"}]}
-
-Images are base64 file bytes (PNG, BMP, JPEG or TIFF; 8 or 16 bit; a colour visible image gives
-a colour result, fused in YCbCr) or nested lists of floats on 0..1 (HxW grey or HxWx3 RGB), in
-which case ``fused`` is a nested list of floats on 0..1 too. ``{"inputs": {"vis": ..., "ir":
-...}}`` fuses one pair the same way. Both images of a pair must have the same size. Requests
-are fused as ``coconet fuse`` fuses (:func:`pipeline.fusion.fuse_arrays`): precision ``auto``
-and, for a pair too large for half the free memory, exact tiles.
+/invocations`` with ``{"dataframe_records": [{"vis": "<base64 PNG>", "ir": "<base64 PNG>"}]}``
+-> ``{"predictions": [{"fused": "<base64 8-bit PNG>"}]}``, fused as ``coconet fuse`` fuses.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import importlib.metadata
 import json
+import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
-import pandas as pd
 import torch
 import yaml
 from safetensors import SafetensorError
@@ -44,20 +37,15 @@ from safetensors.torch import load, save_file
 from models.coconet import CoCoNet
 from models.state import StateDictError, coconet_from_state
 from pipeline.core.errors import CoconetError
-from pipeline.core.imageio import ImageError, read_image, write_image
-from pipeline.core.placement import Placement, place
-from pipeline.fusion import fuse_arrays
+from pipeline.core.placement import place
+from pipeline.tracking.served_model import SIGNATURE, FusionModel, input_example
 
 FORMAT, FORMAT_VERSION = "coconet-safetensors", 1
 DATA_DIR, CONFIG_FILE, WEIGHTS_FILE = "coconet", "config.json", "model.safetensors"
 MAX_CONFIG_BYTES = 1 << 20
-IMAGE_MAGIC = {
-    b"\x89PNG": ".png",
-    b"BM": ".bmp",
-    b"\xff\xd8": ".jpg",
-    b"II*\x00": ".tif",
-    b"MM\x00*": ".tif",
-}
+PACKAGE = "coconet"
+REQUIRED = ("torch", "torchvision", "numpy", "safetensors", "pandas", "pillow", "kornia")
+REQUIRED += ("tifffile", "psutil", "pyyaml", "mlflow")
 
 
 class ModelFormatError(CoconetError, ValueError):
@@ -77,18 +65,42 @@ def write_model_data(model: torch.nn.Module, folder: Path, config: dict[str, Any
     return folder
 
 
-def log_model(
-    model: torch.nn.Module, config: dict[str, Any], pip_requirements: list[str], name: str = "model"
-) -> Any:
-    """Log ``model`` to the active MLflow run as this pyfunc model; returns MLflow's ModelInfo.
-    ``config`` (``vgg_weights``, ``params_digest``, ...) goes into ``config.json``."""
-    with tempfile.TemporaryDirectory() as tmp:
+def pip_requirements() -> list[str]:
+    """This package and what its loader imports, pinned to the versions installed here."""
+    pins = [f"{PACKAGE}=={importlib.metadata.version(PACKAGE)}"]
+    for name in REQUIRED:
+        pins.append(f"{name}=={importlib.metadata.version(name).split('+')[0]}")
+    return pins
+
+
+@contextmanager
+def _no_lock_file():
+    """MLflow copies ``uv.lock`` and ``pyproject.toml`` of the working directory into a model
+    (and exports every locked package as a requirement) unless told not to."""
+    before = os.environ.get("MLFLOW_UV_AUTO_DETECT")
+    os.environ["MLFLOW_UV_AUTO_DETECT"] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_UV_AUTO_DETECT", None)
+        else:
+            os.environ["MLFLOW_UV_AUTO_DETECT"] = before
+
+
+def log_model(model: torch.nn.Module, config: dict[str, Any], name: str = "model") -> Any:
+    """Log ``model`` to the active MLflow run as this pyfunc model, with its signature, input
+    example and requirements; returns MLflow's ModelInfo. ``config`` (``vgg_weights``,
+    ``params_digest``, ...) goes into ``config.json``."""
+    with tempfile.TemporaryDirectory() as tmp, _no_lock_file():
         data = write_model_data(model, Path(tmp) / DATA_DIR, config)
         return mlflow.pyfunc.log_model(
             name=name,
             loader_module=__name__,
             data_path=str(data),
-            pip_requirements=pip_requirements,
+            pip_requirements=pip_requirements(),
+            signature=SIGNATURE,
+            input_example=input_example(),
         )
 
 
@@ -168,64 +180,5 @@ def _load_pyfunc(data_path: str) -> FusionModel:
     the memory free at each request)."""
     placement = place()
     model = load_weights(data_path)
-    return FusionModel(
-        model.to(device=placement.device, memory_format=torch.channels_last), placement
-    )
-
-
-def _decode(value: Any, role: str) -> tuple[np.ndarray, bool]:
-    """(0..1 float image, whether it came as base64 file bytes) from one request value."""
-    if isinstance(value, np.ndarray) and value.dtype.kind in "US":
-        value = value.item()
-    if isinstance(value, bytes | str):
-        try:
-            raw = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ImageError(f"{role}: not base64 image bytes ({exc})") from exc
-        suffix = next((s for m, s in IMAGE_MAGIC.items() if raw.startswith(m)), None)
-        if suffix is None:
-            raise ImageError(f"{role}: not a PNG, BMP, JPEG or TIFF image")
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / f"{role}{suffix}").write_bytes(raw)
-            return read_image(Path(tmp) / f"{role}{suffix}"), True
-    try:
-        array = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise ImageError(f"{role}: not an image (base64 bytes or nested lists)") from exc
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
-        raise ImageError(f"{role}: expected HxW or HxWx3 values, got shape {array.shape}")
-    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-        raise ImageError(f"{role}: values must be finite and within 0..1")
-    return array, False
-
-
-def _encode(image: np.ndarray) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_image(Path(tmp) / "fused.png", image)
-        return base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-class FusionModel:
-    """What ``_load_pyfunc`` returns: ``predict`` fuses the request's pairs."""
-
-    def __init__(self, model: CoCoNet, placement: Placement) -> None:
-        self.model = model.eval()
-        self.placement = placement
-
-    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
-        """A DataFrame with columns ``vis`` and ``ir`` (one row per pair) -> DataFrame with
-        ``fused``; a dict ``{"vis": ..., "ir": ...}`` (one pair) -> ``{"fused": ...}``."""
-        if isinstance(model_input, dict):
-            return {"fused": self._fuse_one(model_input)}
-        if not isinstance(model_input, pd.DataFrame):
-            raise ImageError(f"expected a DataFrame or dict input, got {type(model_input)}")
-        fused = [self._fuse_one(row) for row in model_input.to_dict("records")]
-        return pd.DataFrame({"fused": fused})
-
-    def _fuse_one(self, pair: dict[str, Any]) -> str | list:
-        missing = [k for k in ("vis", "ir") if k not in pair]
-        if missing:
-            raise ImageError(f"request lacks {', '.join(missing)} (give vis and ir)")
-        (vis, vis_b64), (ir, _) = _decode(pair["vis"], "vis"), _decode(pair["ir"], "ir")
-        fused = fuse_arrays(self.model, vis, ir, self.placement)
-        return _encode(fused) if vis_b64 else fused.tolist()
+    model = model.to(device=placement.device, memory_format=torch.channels_last)
+    return FusionModel(model, placement)

@@ -1,25 +1,28 @@
 """The model registry: the current champion, a new version with its tags, decision and alias.
 
 :class:`Registry` opens the store the training run was recorded in (checked: this project's,
-and it exists). The alias moves last, only once the version and its tags are recorded.
+and it exists). Registering is idempotent per training run: a second register of the same run
+returns its version as it is, and a version left without a decision (a register killed after
+MLflow created it) is completed, never duplicated. The alias moves last, only once the version
+and its tags are recorded. Nothing is written to the training run.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import RunTag
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from pipeline.evaluation.promotion import CHAMPION, Decision
+from pipeline.evaluation.promotion import CHAMPION, Champion, Decision
+from pipeline.metrics import METRIC_NAMES
+from pipeline.tracking import names
+from pipeline.tracking.evaluation_run import metric_key
 from pipeline.tracking.experiment import attach_uri
-
-LINEAGE_ARTIFACTS = "lineage"
+from pipeline.tracking.version_tags import decision_tags
 
 
 class Registry:
@@ -29,60 +32,59 @@ class Registry:
         self.uri = attach_uri(dict(run_info), root)
         self.client = MlflowClient(self.uri)
 
-    def champion(self, name: str) -> tuple[str, dict[str, str]] | None:
-        """(version, tags) of ``name``'s champion, None when there is none yet."""
-        return current_champion(self.client, name)
+    def champion(self, name: str, test_set: str, model_method: str) -> Champion | None:
+        """``name``'s champion with the means of the evaluation its promotion used (on
+        ``test_set``); None when there is none yet (any other registry error propagates: it
+        must not look like "no champion")."""
+        try:
+            current = self.client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+        tags = dict(current.tags)
+        fingerprint = tags.get(names.EVAL_SPLIT_FINGERPRINT, "")
+        return Champion(str(current.version), self._means(tags, test_set, model_method),
+                        fingerprint)  # fmt: skip
 
-    def record_lineage(
-        self, run_id: str, tags: Mapping[str, str], files: Mapping[str, Path]
-    ) -> None:
-        """See :func:`record_lineage`."""
-        record_lineage(self.client, run_id, tags, files)
+    def _means(self, tags: dict[str, str], test_set: str, model_method: str) -> dict[str, float]:
+        """The means of the version's evaluation run (``eval.<metric>`` tags of versions
+        registered before evaluations had runs)."""
+        if names.EVAL_RUN not in tags:
+            return {m: float(tags[f"eval.{m}"]) for m in METRIC_NAMES if f"eval.{m}" in tags}
+        metrics = self.client.get_run(tags[names.EVAL_RUN]).data.metrics
+        prefix = names.eval_metric(f"{test_set}/{metric_key(model_method)}", "")
+        return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
 
-    def register(self, source: str, name: str, tags: Mapping[str, str], decision: Decision) -> str:
-        """See :func:`register_version`."""
-        return register_version(self.client, source, name, tags, decision)
+    def version_of_run(self, name: str, run_id: str) -> ModelVersion | None:
+        """The version of ``name`` already registered from ``run_id``, if any."""
+        found = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        return max(found, key=lambda v: int(v.version)) if found else None
 
-
-def current_champion(client: MlflowClient, name: str) -> tuple[str, dict[str, str]] | None:
-    """(version, tags) of the model's champion; None if the model or the alias does not exist
-    yet (any other registry error propagates: it must not look like "no champion")."""
-    try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
-    return str(current.version), dict(current.tags)
-
-
-def record_lineage(
-    client: MlflowClient, run_id: str, tags: Mapping[str, str], files: Mapping[str, Path]
-) -> None:
-    """Tag the training run and log ``files`` (artifact name -> local file, those that exist)
-    under ``lineage/``."""
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, source in files.items():
-            if source.is_file():
-                shutil.copyfile(source, Path(tmp) / name)
-                client.log_artifact(run_id, str(Path(tmp) / name), LINEAGE_ARTIFACTS)
-
-
-def register_version(
-    client: MlflowClient,
-    source: str,
-    name: str,
-    tags: Mapping[str, str],
-    decision: Decision,
-) -> str:
-    """Register ``source`` as a version of ``name`` with ``tags`` and the decision; move the
-    decision's alias to it last. Returns the version number."""
-    version = mlflow.register_model(source, name, tags=dict(tags)).version
-    client.set_model_version_tag(name, version, "promotion.decision", decision.alias)
-    client.set_model_version_tag(name, version, "promotion.reason", decision.reason)
-    if decision.compared_to:
-        client.set_model_version_tag(name, version, "promotion.compared_to", decision.compared_to)
-    client.update_model_version(name, version, description=f"{decision.alias}: {decision.reason}")
-    client.set_registered_model_alias(name, decision.alias, version)  # last: only on success
-    return str(version)
+    def register(
+        self,
+        source: str,
+        name: str,
+        run_id: str,
+        tags: Mapping[str, str],
+        decide: Callable[[], Decision],
+    ) -> tuple[ModelVersion, bool]:
+        """(the version of ``run_id``, whether it was decided now). A run registered before is
+        returned as it is; otherwise ``decide()`` runs, the version gets ``tags`` and the
+        decision, and the decision's alias moves to it last."""
+        version = self.version_of_run(name, run_id)
+        if version is not None and names.DECISION in version.tags:
+            return version, False
+        if version is None:
+            version = mlflow.register_model(source, name, tags=dict(tags))
+        else:  # an earlier register died after MLflow created the version: complete it
+            for key, value in tags.items():
+                self.client.set_model_version_tag(name, version.version, key, value)
+        decision = decide()
+        self.client.update_model_version(
+            name, version.version, description=f"{decision.alias}: {decision.reason}"
+        )
+        for key, value in decision_tags(decision).items():
+            self.client.set_model_version_tag(name, version.version, key, value)
+        self.client.set_registered_model_alias(name, decision.alias, version.version)  # last
+        return self.client.get_model_version(name, version.version), True

@@ -1,11 +1,14 @@
-"""The training's MLflow run (rank 0 only): params, tags, data inputs, losses, the model, and
-``artifacts/train_run.json`` naming the run for the later stages."""
+"""The training's MLflow run (rank 0 only): params, tags, data inputs and the lineage files at
+the start, losses while training, then the model and ``artifacts/train_run.json`` naming the
+run for the later stages. Nothing is written to the run after training ends: evaluations get
+runs of their own (:mod:`pipeline.tracking.evaluation_run`), the registry tags the version."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,21 +21,9 @@ from pipeline.core.params import Params
 from pipeline.core.paths import ProjectPaths
 from pipeline.core.placement import Placement
 from pipeline.tracking import experiment as tracking
-from pipeline.tracking import pyfunc_model
-from pipeline.tracking.provenance import git_state, git_tags
+from pipeline.tracking import names, pyfunc_model
+from pipeline.tracking.provenance import git_state
 from pipeline.tracking.run_record import write_run_info
-
-MODEL_ARTIFACT = "model"
-ROOT_TAG, HOST_TAG, PID_TAG = "project_root", "train_host", "train_pid"  # the run's owner
-
-
-def _pip_requirements() -> list[str]:
-    """The packages the logged model needs, pinned to the versions installed here."""
-    pins = []
-    for name in ("torch", "torchvision", "numpy", "safetensors", "pandas", "pillow"):
-        version = importlib.metadata.version(name).split("+")[0]
-        pins.append(f"{name}=={version}")
-    return pins
 
 
 class RunTracker:
@@ -55,39 +46,61 @@ class RunTracker:
         self.uri = ""
 
     def start(self, params_digest: str, resumed_epoch: int | None = None) -> None:
-        """Open (or reopen) the run and record params, tags and data inputs."""
+        """Open (or reopen) the run and record params, tags, data inputs and lineage files."""
         self.experiment_id = tracking.setup_experiment(self.params, self.paths.root)
         self.uri = mlflow.get_tracking_uri()
         reopen = self.run_id is not None and self._run_exists(self.run_id)
         if reopen:
             mlflow.start_run(run_id=self.run_id, log_system_metrics=True)
         else:
-            run = mlflow.start_run(experiment_id=self.experiment_id, log_system_metrics=True)
+            run = mlflow.start_run(
+                experiment_id=self.experiment_id,
+                run_name=f"train {self.params.model.vgg_weights}-vgg",
+                log_system_metrics=True,
+            )
             self.run_id = run.info.run_id
             mlflow.log_params(tracking.flatten_params(self.params))
             tracking.log_data_inputs(self.paths.dvc_lock, self.paths.root)
+            self._log_lineage_files()
+        commit, dirty = git_state(self.paths.root)
         mlflow.set_tags(
             {
-                **git_tags(self.paths.root),
-                "vgg_weights": self.params.model.vgg_weights,
-                "device": str(self.placement.device),
-                "precision": str(self.placement.precision),
-                "world_size": str(self.world_size),
-                "params_digest": params_digest,
+                names.RUN_KIND: "training",
+                names.GIT_COMMIT: commit,
+                names.GIT_DIRTY: str(dirty).lower(),
+                names.DEVICE: str(self.placement.device),
+                names.PRECISION: str(self.placement.precision),
+                names.WORLD_SIZE: str(self.world_size),
+                names.TRAIN_DIGEST: params_digest,
                 **self._owner_tags(),
             }
         )
         if resumed_epoch is not None:
-            mlflow.set_tag("resumed_from_epoch", str(resumed_epoch))
+            mlflow.set_tag(names.RESUMED_FROM, str(resumed_epoch))
         for stale in self._kill_stale_runs():
             print(f"marked MLflow run {stale} KILLED: its training process is gone", flush=True)
+
+    def _log_lineage_files(self) -> None:
+        """The data and mask indexes, ``dvc.lock`` and ``params.yaml`` as the run read them,
+        under ``lineage/`` (``coconet lineage`` shows them after the local data is gone)."""
+        files = {
+            "raw_index.csv": self.paths.index,
+            "masks_index.csv": self.paths.masks_index,
+            "dvc.lock": self.paths.dvc_lock,
+            "params.yaml": self.paths.params,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, source in files.items():
+                if source.is_file():
+                    shutil.copyfile(source, Path(tmp) / name)
+            mlflow.log_artifacts(tmp, names.LINEAGE_ARTIFACTS)
 
     def _owner_tags(self) -> dict[str, str]:
         """Which training process owns the run: project root, host and process id."""
         return {
-            ROOT_TAG: str(self.paths.root.resolve()),
-            HOST_TAG: socket.gethostname(),
-            PID_TAG: str(os.getpid()),
+            names.OWNER_ROOT: str(self.paths.root.resolve()),
+            names.OWNER_HOST: socket.gethostname(),
+            names.OWNER_PID: str(os.getpid()),
         }
 
     def _kill_stale_runs(self) -> list[str]:
@@ -101,12 +114,15 @@ class RunTracker:
             [self.experiment_id], "attributes.status = 'RUNNING'", max_results=1000
         ):
             tags = run.data.tags
-            if run.info.run_id == self.run_id or tags.get(ROOT_TAG) != owner[ROOT_TAG]:
+            root = names.OWNER_ROOT
+            if run.info.run_id == self.run_id or tags.get(root) != owner[root]:
                 continue
-            pid = tags.get(PID_TAG, "")
-            if tags.get(HOST_TAG) == owner[HOST_TAG] and pid != owner[PID_TAG] and _alive(pid):
+            pid = tags.get(names.OWNER_PID, "")
+            host = names.OWNER_HOST
+            if tags.get(host) == owner[host] and pid != owner[names.OWNER_PID] and _alive(pid):
                 continue
-            client.set_tag(run.info.run_id, "killed_reason", f"stale: found by run {self.run_id}")
+            reason = f"stale: found by run {self.run_id}"
+            client.set_tag(run.info.run_id, names.KILLED_REASON, reason)
             client.set_terminated(run.info.run_id, status="KILLED")
             killed.append(run.info.run_id)
         return killed
@@ -121,33 +137,36 @@ class RunTracker:
 
     def log_step(self, step: int, terms: Mapping[str, float]) -> None:
         """Per-step loss terms (every ``train.log_every`` steps)."""
-        mlflow.log_metrics({f"step_{name}": float(v) for name, v in terms.items()}, step=step)
+        metrics = {names.step_metric(name): float(v) for name, v in terms.items()}
+        mlflow.log_metrics(metrics, step=step)
 
     def log_epoch(
         self, epoch: int, phase: int, means: Mapping[str, float], patches_per_s: float
     ) -> None:
         """Per-epoch mean loss terms and throughput."""
-        metrics = {f"epoch_{name}": float(v) for name, v in means.items()}
-        metrics.update({"phase": float(phase), "patches_per_s": patches_per_s})
+        metrics = {names.epoch_metric(name): float(v) for name, v in means.items()}
+        metrics[names.epoch_metric("phase")] = float(phase)
+        metrics[names.epoch_metric("patches_per_s")] = patches_per_s
         mlflow.log_metrics(metrics, step=epoch)
 
     def finish(self, model: torch.nn.Module, loss_csv: Path, params_digest: str) -> dict[str, Any]:
         """Log the loss CSV and the MLflow model (safetensors weights, loaded by
         :mod:`pipeline.tracking.pyfunc_model`, never unpickled); write ``train_run.json``."""
-        mlflow.log_artifact(str(loss_csv), "training")
+        mlflow.log_artifact(str(loss_csv), names.TRAINING_ARTIFACTS)
         config = {
             "vgg_weights": self.params.model.vgg_weights,
             "train_precision": str(self.placement.precision),
             "params_digest": params_digest,
             "run_id": self.run_id,
         }
-        info = pyfunc_model.log_model(model, config, _pip_requirements(), MODEL_ARTIFACT)
+        info = pyfunc_model.log_model(model, config, names.MODEL_ARTIFACT)
         record = {
             "run_id": self.run_id,
             "experiment_id": self.experiment_id,
             "tracking_uri": self.uri,
             "model_uri": info.model_uri,
-            "run_model_uri": f"runs:/{self.run_id}/{MODEL_ARTIFACT}",
+            "model_id": info.model_id,
+            "run_model_uri": f"runs:/{self.run_id}/{names.MODEL_ARTIFACT}",
             "params_digest": params_digest,
             "vgg_weights": self.params.model.vgg_weights,
             "precision": str(self.placement.precision),
@@ -162,7 +181,7 @@ class RunTracker:
         reopens it)."""
         if mlflow.active_run() is not None:
             if reason:
-                mlflow.set_tag("failure", reason[:5000])
+                mlflow.set_tag(names.FAILURE, reason[:5000])
             mlflow.end_run(status="FAILED")
 
 

@@ -1,67 +1,63 @@
-"""The lineage tags a registered version (and its training run) carries: the code version, the
-params digest, the ``dvc.lock`` hashes of every upstream output, the pairs per dataset and
-split, the VGG weights, the evaluation means and the test split's fingerprint."""
+"""The tags a registered version carries: what ties it to its training and evaluation runs and
+what the registry decided. Everything else about a version is read from those runs (params,
+code version, data inputs, lineage files on the training run; metrics on the evaluation run).
+
+* ``eval.run_id``: the evaluation its promotion decision used;
+* ``eval.test_fingerprint``: that evaluation's test split and protocol (comparability);
+* ``params.sha256``: the whole ``params.yaml`` at registration (``lineage --verify``);
+* ``dvc.lock``: ``{stage: {path: md5}}`` of every output up to evaluate, as JSON;
+* ``data.pairs``: ``{dataset: {split: pairs}}``, as JSON;
+* ``promotion.decision``, ``promotion.reason``, ``promotion.compared_to``.
+"""
 
 from __future__ import annotations
 
-import csv
-from collections import Counter
+import json
 from pathlib import Path
-from typing import Any
 
-from pipeline.core.params import PROJECT_ROOT, Params
-from pipeline.evaluation.promotion import FINGERPRINT_TAG, evaluation_fingerprint
-from pipeline.tracking.dvc_lock import LOCK_FILE, stage_out_hashes
-from pipeline.tracking.provenance import git_state
+from pipeline.catalogue.index import dataset_counts
+from pipeline.core.params import Params
+from pipeline.evaluation.promotion import Decision
+from pipeline.tracking import names
+from pipeline.tracking.dvc_lock import stage_out_hashes
 
 LINEAGE_STAGES = ("download", "masks", "patches", "train", "evaluate")
 
 
-def read_index(path: Path) -> list[dict[str, str]]:
-    """Rows of an index CSV (``data/raw/index.csv`` or ``data/masks/index.csv``)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run the upstream stages first")
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def dataset_counts(rows: list[dict[str, str]]) -> dict[str, dict[str, int]]:
-    """Pairs per dataset and split: ``{dataset: {split: n}}``."""
-    counts: dict[str, Counter[str]] = {}
-    for row in rows:
-        counts.setdefault(row["dataset"], Counter())[row["split"]] += 1
-    return {name: dict(sorted(c.items())) for name, c in sorted(counts.items())}
-
-
 def lineage_tags(
     params: Params,
-    run_info: dict[str, Any],
-    means: dict[str, float],
     rows: list[dict[str, str]],
-    lock_path: Path = LOCK_FILE,
-    root: Path = PROJECT_ROOT,
+    lock_path: Path,
+    eval_run_id: str,
+    fingerprint: str,
 ) -> dict[str, str]:
-    """All lineage tags for the model version (and the training run)."""
-    commit, dirty = git_state(root)
-    tags = {
-        "git.commit": commit,
-        "git.dirty": str(dirty).lower(),
-        "params.digest": params.digest(),
-        "train.run_id": str(run_info["run_id"]),
-        "train.params_digest": str(run_info.get("params_digest", "")),
-        "model.vgg_weights": params.model.vgg_weights,
-        "eval.convention": params.evaluate.convention,
-        FINGERPRINT_TAG: evaluation_fingerprint(rows, params),
+    """The version's lineage tags (the decision's come from :func:`decision_tags`)."""
+    hashes = {s: o for s, o in stage_out_hashes(lock_path).items() if s in LINEAGE_STAGES}
+    return {
+        names.EVAL_RUN: eval_run_id,
+        names.EVAL_SPLIT_FINGERPRINT: fingerprint,
+        names.PARAMS_DIGEST: params.digest(),
+        names.DVC_HASHES: json.dumps(hashes, sort_keys=True),
+        names.DATA_PAIRS: json.dumps(dataset_counts(rows), sort_keys=True),
     }
-    for stage, outs in stage_out_hashes(lock_path).items():
-        if stage in LINEAGE_STAGES:
-            for path, md5 in outs.items():
-                tags[f"dvc.{stage}.{path}"] = md5
-    counts = dataset_counts(rows)
-    tags["data.datasets"] = ",".join(counts)
-    for name, splits in counts.items():
-        for split, n in splits.items():
-            tags[f"data.{name}.{split}"] = str(n)
-    for name, value in means.items():
-        tags[f"eval.{name}"] = repr(value)
+
+
+def decision_tags(decision: Decision) -> dict[str, str]:
+    """The promotion decision, its reason and the champion it was compared with (if any)."""
+    tags = {names.DECISION: decision.alias, names.REASON: decision.reason}
+    if decision.compared_to:
+        tags[names.COMPARED_TO] = decision.compared_to
     return tags
+
+
+def recorded_hashes(tags: dict[str, str]) -> dict[str, dict[str, str]]:
+    """``{stage: {path: md5}}`` from a version's ``dvc.lock`` tag (or the per-path
+    ``dvc.<stage>.<path>`` tags of versions registered before it)."""
+    if names.DVC_HASHES in tags:
+        return json.loads(tags[names.DVC_HASHES])
+    out: dict[str, dict[str, str]] = {}
+    for key, value in sorted(tags.items()):
+        if key.startswith("dvc."):
+            stage, _, path = key.removeprefix("dvc.").partition(".")
+            out.setdefault(stage, {})[path] = value
+    return out

@@ -29,7 +29,7 @@ def write_patches(path: Path, n: int = N_PATCHES, size: int = PATCH, seed: int =
         patches[k, 0], patches[k, 1] = (np.clip(a, 0, 255) for a in (vis, ir))
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as h5:
-        writer = PatchWriter(h5, size, {"size": size})
+        writer = PatchWriter(h5, size, {"patch_size": size})
         for k in range(n):
             writer.append(patches[k : k + 1], f"synth/p{k}", np.zeros((1, 2), np.int32))
         writer.close()

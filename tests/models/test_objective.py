@@ -28,7 +28,7 @@ def test_terms_are_named_in_order_and_the_total_is_their_combination(vgg):
     terms = objective(*batch(), phase=2)
     assert tuple(terms) == FusionObjective.names and FusionObjective.names[0] == TOTAL
     assert all(t.dim() == 0 and t.dtype == torch.float32 for t in terms.values())
-    assert torch.allclose(terms["adaptive"], terms["ssim"] + terms["mse"])
+    assert torch.allclose(terms["adaptive"], terms["ssim"] + terms["intensity"])
     assert torch.allclose(terms[TOTAL], terms["adaptive"] + 0.5 * terms["contrastive"])
     assert terms["contrastive"] > 0
     terms[TOTAL].backward()  # one graph through every term

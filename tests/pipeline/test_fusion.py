@@ -15,7 +15,7 @@ from pipeline import fusion
 from pipeline.core.imageio import read_image, to_uint8, write_image
 from pipeline.core.placement import Placement, Precision
 from pipeline.fusion import fuse_arrays, tiles_for
-from pipeline.tracking.pyfunc_model import FusionModel
+from pipeline.tracking.served_model import FusionModel
 from tests.helpers.models import CPU
 
 WHOLE = Placement(CPU, Precision.fp32, 64 * 2**30)  # fp32, never tiled at these sizes

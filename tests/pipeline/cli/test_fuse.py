@@ -107,7 +107,7 @@ def test_mlflow_model_uri(random_model, tmp_path, monkeypatch):
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
-        pyfunc_model.log_model(random_model, {"vgg_weights": "random"}, ["torch"])
+        pyfunc_model.log_model(random_model, {"vgg_weights": "random"})
     version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "fusion")
     mlflow.MlflowClient().set_registered_model_alias("fusion", "champion", version.version)
     vis, ir = _rand((16, 16), 7), _rand((16, 16), 8)

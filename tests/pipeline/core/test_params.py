@@ -33,7 +33,7 @@ def test_committed_params_follow_the_paper(tmp_path):
     assert params.train.phase2_epochs == 2
     assert params.train.batch_size == 30
     assert params.train.lr == pytest.approx(1e-4)
-    assert params.patches.size == 64
+    assert params.patches.patch_size == 64
     # the adaptive loss and SSIM of the official code
     assert (params.train.c1, params.train.c2) == (0.5, 0.75)
     assert params.train.ssim_weight == 20.0
@@ -101,3 +101,24 @@ def test_every_schedule_composes_to_valid_params(schedule, tmp_path):
 def test_dvc_composes_params_with_hydra():
     config = (PROJECT_ROOT / ".dvc" / "config").read_text()
     assert "[hydra]" in config and "enabled = true" in config
+
+
+RUN_CACHE_IGNORED = {"size", "nfiles"}  # DVC's run cache leaves keys of these names out
+
+
+def keys(tree, prefix=""):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield f"{prefix}{key}"
+            yield from keys(value, f"{prefix}{key}.")
+
+
+def test_no_param_is_named_what_dvc_run_cache_ignores():
+    """DVC hashes a stage for its run cache without any key named size or nfiles (treeverse/dvc
+    #10296): such a param could change and the stage still be restored from the cache."""
+    for path in (PROJECT_ROOT / "params.yaml", *sorted((PROJECT_ROOT / "conf").rglob("*.yaml"))):
+        named = {k for k in keys(yaml.safe_load(path.read_text()) or {})}
+        clash = sorted(k for k in named if k.rsplit(".", 1)[-1] in RUN_CACHE_IGNORED)
+        assert clash == [], f"{path}: rename {clash}"
+    schema = {k for k in keys(Params().model_dump(by_alias=True))}
+    assert not {k for k in schema if k.rsplit(".", 1)[-1] in RUN_CACHE_IGNORED}

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.catalogue.index import dataset_counts, read_index
 from pipeline.core.params import Params
 from pipeline.evaluation.promotion import (
-    FINGERPRINT_TAG,
+    Champion,
     coconet_means,
     decide,
     evaluation_fingerprint,
 )
-from pipeline.tracking.version_tags import dataset_counts, read_index
 from tests.helpers.registry import make_project
 
 PARAMS = Params.model_validate(
@@ -20,10 +20,8 @@ PARAMS = Params.model_validate(
 GOOD = {"VIF": 0.6, "Qabf": 0.5, "Nabf": 0.02, "SSIM": 0.7}
 
 
-def champion(version: str, means: dict[str, float], fingerprint: str = "fp"):
-    tags = {f"eval.{k}": repr(v) for k, v in means.items()}
-    tags[FINGERPRINT_TAG] = fingerprint
-    return version, tags
+def champion(version: str, means: dict[str, float], fingerprint: str = "fp") -> Champion:
+    return Champion(version, dict(means), fingerprint)
 
 
 def test_first_version_becomes_champion():
@@ -65,12 +63,14 @@ def test_bad_rule_is_an_error():
         decide({"VIF": 1.0}, "fp", None, PARAMS)
 
 
-def test_metrics_json_layouts():
-    layout = {"VIF": 1, "SSIM": None, "n_pairs": 21, "baselines": {"x": {"VIF": 2}}}
-    assert coconet_means(layout) == {"VIF": 1.0}
-    assert coconet_means({"coconet": {"mean": {"SSIM": 0.5}, "std": {}}}) == {"SSIM": 0.5}
-    with pytest.raises(ValueError):
-        coconet_means({"baselines": {}})
+def test_metrics_json_means_of_the_rule_s_test_set():
+    layout = {"tno40": {"VIF": 1, "SSIM": None, "other": 3}, "m3fd": {"VIF": 2.0}}
+    assert coconet_means(layout, "tno40") == {"VIF": 1.0}
+    assert coconet_means(layout, "m3fd") == {"VIF": 2.0}
+    with pytest.raises(ValueError, match="no means for test set 'roadscene'.*tno40, m3fd"):
+        coconet_means(layout, "roadscene")
+    with pytest.raises(ValueError, match="no means"):
+        coconet_means({"tno40": {"n": 1}}, "tno40")
 
 
 def test_fingerprint_follows_test_pairs_and_protocol(tmp_path):

@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline.catalogue import CatalogueError, Weight
 from pipeline.catalogue import loader as catalogue
+from pipeline.catalogue.index import INDEX_COLUMNS
 from pipeline.core.params import PROJECT_ROOT, Params
 from pipeline.core.paths import ProjectPaths
 from pipeline.stages import download
@@ -138,7 +139,7 @@ def _no_leftovers(folder: Path) -> list[Path]:
 def test_stage_over_http_writes_layout_index_and_skips_verified_files(tmp_path, server):
     root = tmp_path / "repo"
     index = download.run(_params(tmp_path, _url(server)), ProjectPaths(root))
-    assert list(index.columns) == download.INDEX_COLUMNS
+    assert list(index.columns) == INDEX_COLUMNS
     assert index.set_index("pair_id")["split"].to_dict() == {
         "tinytrain/a": "train", "tinytrain/b": "train", "tinytrain/c": "train",
         "tinytest/1": "test", "tinytest/2": "unused",

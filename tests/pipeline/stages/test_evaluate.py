@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from pipeline.catalogue.index import load_test_split
 from pipeline.core.imageio import read_image, write_image
 from pipeline.core.params import PROJECT_ROOT, Params
 from pipeline.core.paths import ProjectPaths
@@ -18,6 +20,7 @@ from pipeline.evaluation import report
 from pipeline.metrics import METRIC_DIRECTION, METRIC_NAMES, compute_metrics
 from pipeline.stages import evaluate
 from pipeline.tracking.run_record import write_run_info
+from tests.helpers.tags import repeated_facts
 
 PAIRS = [("tno40", "kayak", "test"), ("tno40", "bench", "test"), ("tno_masked", "car", "train")]
 
@@ -85,11 +88,19 @@ def params(**evaluate_section) -> Params:
     )
 
 
-def test_evaluate_fills_reports_and_the_training_run(trained, monkeypatch):
+def snapshot(client, run_id: str) -> tuple:
+    run = client.get_run(run_id)
+    artifacts = sorted(a.path for a in client.list_artifacts(run_id))
+    return run.data.metrics, run.data.params, run.data.tags, artifacts
+
+
+def test_each_evaluation_is_its_own_run_and_replaces_the_reports(trained, monkeypatch):
     import mlflow
 
     root, uri, run_id = trained
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = mlflow.MlflowClient(uri)
+    training_before = snapshot(client, run_id)
     paths = ProjectPaths(root)
     stale = paths.evaluation / "gallery" / "stale.png"
     stale.parent.mkdir(parents=True)
@@ -97,17 +108,20 @@ def test_evaluate_fills_reports_and_the_training_run(trained, monkeypatch):
     means = evaluate.run(params(), paths)
 
     methods = ["CoCoNet", "average", "max", "laplacian"]
-    assert list(means) == methods
+    assert list(means) == ["tno40"] and list(means["tno40"]) == methods
     per_image = pd.read_csv(paths.evaluation / "per_image.csv")
-    assert list(per_image.columns) == ["pair_id", "method", *METRIC_NAMES]
+    assert list(per_image.columns) == ["pair_id", "dataset", "method", *METRIC_NAMES]
     assert len(per_image) == 2 * len(methods)
     assert set(per_image["pair_id"]) == {"tno40/kayak", "tno40/bench"}  # test split only
 
-    summary = json.loads(paths.metrics.read_text())
-    assert summary["n_pairs"] == 2 and summary["convention"] == "matlab"
-    assert summary["VIF"] == pytest.approx(means["CoCoNet"]["VIF"])
-    assert set(summary["baselines"]) == {"average", "max", "laplacian"}
-    assert summary["baselines"]["max"]["SD"] == pytest.approx(means["max"]["SD"])
+    model_means = json.loads(paths.metrics.read_text())
+    assert set(model_means) == {"tno40"} and set(model_means["tno40"]) == set(METRIC_NAMES)
+    assert model_means["tno40"]["VIF"] == pytest.approx(means["tno40"]["CoCoNet"]["VIF"])
+    others = json.loads(paths.comparison.read_text())
+    assert set(others["tno40"]) == {"average", "max", "laplacian"}
+    assert others["tno40"]["max"]["SD"] == pytest.approx(means["tno40"]["max"]["SD"])
+    summary = json.loads((paths.evaluation / "summary.json").read_text())
+    assert summary["test_pairs"] == {"tno40": 2} and summary["convention"] == "matlab"
 
     # the saved fused image rescored gives the CSV's numbers (what `coconet metrics` reports)
     fused = read_image(paths.evaluation / "fused" / "kayak.png")
@@ -118,26 +132,55 @@ def test_evaluate_fills_reports_and_the_training_run(trained, monkeypatch):
         assert rescored[name] == pytest.approx(row[name].item(), rel=1e-5, abs=1e-6), name
 
     assert sorted(p.name for p in (paths.evaluation / "gallery").iterdir()) == ["bench.png"]
-    assert (paths.evaluation / "fused" / "bench.png").is_file()
     text = (paths.evaluation / "report.md").read_text()
-    assert "| Method | EN ↑ |" in text and "Nabf ↓" in text and "mean rank ↓" in text
+    assert "## Ranking on tno40" in text and "| Method | EN ↑ |" in text and "Nabf ↓" in text
     assert "![bench](gallery/bench.png)" in text
 
-    mlflow.set_tracking_uri(uri)
-    run = mlflow.get_run(run_id)
-    assert run.data.metrics["eval_VIF"] == pytest.approx(means["CoCoNet"]["VIF"])
-    assert run.data.metrics["eval_laplacian_Qabf"] == pytest.approx(means["laplacian"]["Qabf"])
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
-    assert {"evaluation/report.md", "evaluation/metrics.json", "evaluation/gallery"} <= artifacts
-    contexts = {
-        t.value for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"
-    }
+    first = json.loads(paths.evaluation_run.read_text())
+    assert summary["mlflow_run"] == first["run_id"] != run_id
+    run = client.get_run(first["run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == run_id
+    assert run.data.tags["coconet.run"] == "evaluation"
+    assert repeated_facts(run.data.tags) == []
+    assert run.data.tags["eval.test_fingerprint"] == first["test_fingerprint"]
+    assert run.data.params["evaluate.convention"] == "matlab"
+    metrics = run.data.metrics
+    assert metrics["eval/tno40/CoCoNet/VIF"] == pytest.approx(means["tno40"]["CoCoNet"]["VIF"])
+    assert metrics["eval/tno40/laplacian/Qabf"] == pytest.approx(
+        means["tno40"]["laplacian"]["Qabf"]
+    )
+    artifacts = {a.path for a in client.list_artifacts(first["run_id"], "evaluation")}
+    assert {"evaluation/report.md", "evaluation/per_image.csv", "evaluation/gallery"} <= artifacts
+    assert "evaluation/per_image.json" in artifacts  # the MLflow table
+    assert '"type": "table"' in run.data.tags["mlflow.loggedArtifacts"]
+    table = json.loads(
+        Path(client.download_artifacts(first["run_id"], "evaluation/per_image.json")).read_text()
+    )
+    assert len(table["data"]) == len(per_image) and table["columns"][:3] == [
+        "pair_id",
+        "dataset",
+        "method",
+    ]
+    images = {a.path for a in client.list_artifacts(first["run_id"], "images")}
+    assert any(path.startswith("images/gallery~bench") for path in images)
+    contexts = {t.value for i in run.inputs.dataset_inputs for t in i.tags}
     assert "evaluation" in contexts
+
+    # a second evaluation of one pair: a new run; nothing earlier is rewritten or mixed in
+    first_before = snapshot(client, first["run_id"])
+    evaluate.run(params(max_pairs=1), paths)
+    second = json.loads(paths.evaluation_run.read_text())
+    assert second["run_id"] != first["run_id"]
+    assert second["test_fingerprint"] != first["test_fingerprint"]
+    assert sorted(p.name for p in (paths.evaluation / "fused").iterdir()) == ["bench.png"]
+    assert not stale.exists()
+    assert snapshot(client, run_id) == training_before
+    assert snapshot(client, first["run_id"]) == first_before
 
 
 def test_max_pairs_caps_the_test_split(trained, tmp_path):
     root, _, _ = trained
-    test = evaluate.load_test_split(root / "data" / "raw" / "index.csv", max_pairs=1)
+    test = load_test_split(root / "data" / "raw" / "index.csv", max_pairs=1)
     assert test["pair_id"].tolist() == ["tno40/bench"]
 
 
@@ -202,11 +245,10 @@ def test_the_official_model_is_scored_beside_ours_as_a_reference(trained, monkey
         means = evaluate.run(params(references=["official"], precision="fp32"), paths)
     finally:
         paths.official_model.unlink()
-    assert list(means)[:2] == ["CoCoNet", "official (reference)"]
-    summary = json.loads(paths.metrics.read_text())
-    assert set(summary["references"]) == {"official"}
-    assert set(summary["baselines"]) == {"average", "max", "laplacian"}
-    assert summary["precision"] == "fp32"
+    assert list(means["tno40"])[:2] == ["CoCoNet", "official (reference)"]
+    others = json.loads(paths.comparison.read_text())["tno40"]
+    assert set(others) == {"official_reference", "average", "max", "laplacian"}
+    assert json.loads((paths.evaluation / "summary.json").read_text())["precision"] == "fp32"
     text = (paths.evaluation / "report.md").read_text()
     assert "| official (reference) |" in text and "references" in text
 

@@ -55,7 +55,7 @@ def make_layout(root: Path) -> dict[str, np.ndarray]:
 
 
 def params(**patches) -> Params:
-    settings = {"size": 16, "stride": 8, "max_per_pair": None, "min_std": 4.0, "seed": 0,
+    settings = {"patch_size": 16, "stride": 8, "max_per_pair": None, "min_std": 4.0, "seed": 0,
                 "hflip_p": 0.5, "vflip_p": 0.5, "rotate90_p": 0.5} | patches  # fmt: skip
     return Params.model_validate({"patches": settings})
 
@@ -79,7 +79,7 @@ def test_patches_are_aligned_grid_windows_without_augmentation(tmp_path):
     summary = stage.run(params(hflip_p=0, vflip_p=0, rotate90_p=0), ProjectPaths(tmp_path))
     with h5py.File(tmp_path / "data/patches.h5") as h5:
         data, ids, yx = h5["patches"][...], h5["pair_id"].asstr()[...], h5["yx"][...]
-        assert h5.attrs["channels"] == "visible_y,infrared,mask" and h5.attrs["size"] == 16
+        assert h5.attrs["channels"] == "visible_y,infrared,mask" and h5.attrs["patch_size"] == 16
     assert data.dtype == np.uint8 and data.shape[1:] == (3, 16, 16) and yx.dtype == np.int32
     assert set(ids) == {"toy/p1", "toy/p2"}  # the test pair and the too-small pair are left out
     for patch, pair_id, (y, x) in zip(data, ids, yx, strict=True):

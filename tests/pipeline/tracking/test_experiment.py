@@ -109,3 +109,11 @@ def test_connect_refuses_a_missing_store_and_allows_a_configured_outside_artifac
     assert "MLFLOW_TRACKING_URI" not in os.environ  # the next root does not inherit this one
     with pytest.raises(tracking.StoreError, match="outside this project"):
         tracking.connect(root)  # the default artifact_root: the artifacts should be inside
+
+
+def test_the_repeated_fact_check_can_fail():
+    from tests.helpers.tags import repeated_facts
+
+    old = {"git_commit": "a" * 40, "git.commit": "a" * 40, "git.dirty": "false", "n": "3"}
+    assert repeated_facts(old) == [("git.commit", "git_commit", "a" * 40)]
+    assert repeated_facts({"git.dirty": "false", "placement.world_size": "1", "x": "1"}) == []

@@ -85,7 +85,12 @@ def test_chain_from_alias_and_from_run_id(project):
     assert by_alias["run"]["run_id"] == record["run_id"]
     assert by_alias["run"]["params"]["train.lr"] == "0.0001"
     assert by_alias["dvc"]["download"]["data/raw"].endswith(".dir")
-    assert by_alias["evaluation"] == METRICS
+    evaluation = json.loads((root / "reports/evaluation_run.json").read_text())
+    assert by_alias["evaluation"] == {
+        "run_id": evaluation["run_id"],
+        "status": "FINISHED",
+        "means": {"tno40": METRICS},
+    }
     tno = {d["name"]: d for d in by_alias["datasets"]}["tno_masked"]
     assert tno["splits"] == {"train": 2}
     assert tno["pairs"][0]["mask_method"] == "ir_saliency"
@@ -219,3 +224,17 @@ def test_lineage_without_a_store_refuses_and_creates_nothing(tmp_path, monkeypat
     assert f"{db}: no MLflow store here" in result.output
     assert "run the pipeline first" in result.output and "MLFLOW_TRACKING_URI" in result.output
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_verify_notices_a_tampered_dvc_lock(project):
+    """The files are intact but dvc.lock was edited: DVC would trust the edit, verify does not."""
+    root, record = project
+    assert verify_cli(root).exit_code == 0
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    lock["stages"]["download"]["outs"][0]["md5"] = "f" * 32 + ".dir"
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+    result = verify_cli(root)
+    assert result.exit_code == 1, result.output
+    assert "DRIFT dvc.lock data/raw" in result.output and "ok    data/raw" in result.output
+    summary = CliRunner().invoke(app, ["lineage", "--root", str(root)])
+    assert f"eval     run {record['evaluation_run_id']} (FINISHED)" in summary.output

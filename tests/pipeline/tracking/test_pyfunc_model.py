@@ -32,6 +32,8 @@ from pipeline.fusion import fuse_arrays
 from pipeline.inference import ModelLoadError, load_fusion_model
 from pipeline.stages import register as reg
 from pipeline.tracking import pyfunc_model
+from pipeline.tracking.served_model import RequestError
+from tests.helpers.hostile import png_header_only
 from tests.helpers.models import CPU_FP32
 from tests.helpers.registry import log_training_run, make_project
 
@@ -181,12 +183,64 @@ def test_pyfunc_predict_request_forms(store, random_model):
     fused = np.asarray(Image.open(io.BytesIO(base64.b64decode(pngs["fused"][0]))))
     assert fused.shape == (20, 28, 3) and fused.dtype == np.uint8
 
-    one = served.predict({"vis": vis, "ir": ir})
-    np.testing.assert_allclose(np.asarray(one["fused"]), expected, atol=1e-5)
-    with pytest.raises(ValueError, match="request lacks ir"):
+    with pytest.raises(RequestError, match="request lacks ir"):
         served.predict(pd.DataFrame([{"vis": vis.tolist()}]))
-    with pytest.raises(ValueError, match="within 0..1"):
-        served.predict({"vis": vis * 3, "ir": ir})
+    with pytest.raises(RequestError, match="within 0..1"):
+        served.predict(pd.DataFrame([{"vis": (vis * 3).tolist(), "ir": ir.tolist()}]))
+    with pytest.raises(mlflow.exceptions.MlflowException, match="types for column ir"):
+        served.predict(pd.DataFrame([{"vis": _png_b64(vis), "ir": 7}]))  # the signature's check
+
+
+def test_the_logged_model_is_well_formed(store):
+    """A signature and an input example MLflow validates requests with; requirements that name
+    this package; no lock file copied in."""
+    import mlflow
+
+    info = mlflow.models.get_model_info("models:/coconet@champion")
+    assert [c.name for c in info.signature.inputs.inputs] == ["vis", "ir"]
+    assert [c.name for c in info.signature.outputs.inputs] == ["fused"]
+    folder = Path(mlflow.artifacts.download_artifacts("models:/coconet@champion"))
+    assert (folder / "serving_input_example.json").is_file()
+    requirements = (folder / "requirements.txt").read_text().split()
+    assert requirements[0].startswith("coconet==") and any(
+        r.startswith("torch==") for r in requirements
+    )
+    assert not (folder / "uv.lock").exists() and not (folder / "pyproject.toml").exists()
+
+
+def _tiff_b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _float_tiff(array: np.ndarray) -> bytes:
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_mlflow_models_predict_with_the_local_env_manager(store, mlflow_store, tmp_path):
+    """The README's `mlflow models predict` line, as a user runs it."""
+    import json
+
+    rng = np.random.default_rng(2)
+    vis, ir = rng.random((16, 24)), rng.random((16, 24))
+    request = tmp_path / "input.json"
+    request.write_text(
+        json.dumps({"dataframe_records": [{"vis": _png_b64(vis), "ir": _png_b64(ir)}]})
+    )
+    cli = Path(sys.executable).parent / "mlflow"
+    command = [str(cli), "models", "predict", "-m", "models:/coconet@champion"]
+    command += ["-i", str(request), "-t", "json", "--env-manager", "local"]
+    command += ["-o", str(tmp_path / "out.json")]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fused = json.loads((tmp_path / "out.json").read_text())["predictions"][0]["fused"]
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(fused))))
+    assert image.shape == (16, 24) and image.dtype == np.uint8
 
 
 def _free_port() -> int:
@@ -229,16 +283,39 @@ def test_mlflow_models_serve_fuses_over_rest(store, mlflow_store, tmp_path):
                 time.sleep(1)
         rng = np.random.default_rng(1)
         vis, ir = rng.random((24, 32)), rng.random((24, 32))
+        url = f"http://127.0.0.1:{port}/invocations"
         records = [{"vis": vis.tolist(), "ir": ir.tolist()}]
         body = json.dumps({"dataframe_records": records}).encode()
-        status, answer = _post(f"http://127.0.0.1:{port}/invocations", body)
+        status, answer = _post(url, body)
         assert status == 200, answer[:2000]
         fused = np.asarray(json.loads(answer)["predictions"][0]["fused"])
         assert fused.shape == (24, 32) and fused.min() >= 0 and fused.max() <= 1
         assert fused.std() > 0
-        bad = json.dumps({"dataframe_records": [{"vis": "not an image", "ir": "x"}]}).encode()
-        status, answer = _post(f"http://127.0.0.1:{port}/invocations", bad)
-        assert status >= 400 and b"not base64 image bytes" in answer, answer[:2000]
+        good = [{"vis": _png_b64(vis), "ir": _png_b64(ir)}]
+        status, answer = _post(url, json.dumps({"dataframe_records": good}).encode())
+        assert status == 200 and json.loads(answer)["predictions"][0]["fused"], answer[:500]
+        nan = np.full((20, 20), np.nan, np.float32)
+        bad_requests = {
+            "missing column": ([{"vis": _png_b64(vis)}], "request lacks ir (give vis and ir)"),
+            "wrong type": ([{"vis": _png_b64(vis), "ir": 3}], "ir: expected base64 image bytes"),
+            "undecodable": ([{"vis": "bm90IGFuIGltYWdl", "ir": _png_b64(ir)}], "vis: not a "
+                            "readable image"),
+            "bomb": ([{"vis": _tiff_b64(png_header_only(30000, 30000)), "ir": _png_b64(ir)}],
+                     "vis: 30000x30000 is 900.0 MP, over the limit of 100.0 MP"),
+            "non-finite": ([{"vis": _tiff_b64(_float_tiff(nan)), "ir": _png_b64(ir)}],
+                           "vis: 400 pixel(s) are NaN or infinite"),
+        }  # fmt: skip
+        for case, (rows, reason) in bad_requests.items():
+            tic = time.monotonic()
+            status, answer = _post(url, json.dumps({"dataframe_records": rows}).encode())
+            body = json.loads(answer)
+            assert status == 400, (case, answer[:2000])
+            assert body["message"].startswith(reason), (case, body)
+            assert "\n" not in body["message"] and "stack_trace" not in body, (case, body)
+            assert str(tmp_path) not in body["message"] and "/tmp" not in body["message"]
+            assert time.monotonic() - tic < 5, case
+        status, _ = _post(url, json.dumps({"dataframe_records": good}).encode())
+        assert status == 200 and server.poll() is None  # still serving
     finally:
         server.terminate()
         try:

@@ -40,7 +40,7 @@ def original(tmp_path, monkeypatch) -> Path:
     experiment_id = experiment.setup_experiment(params, root)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         config = {"vgg_weights": "random", "params_digest": params.digest()}
-        info = pyfunc_model.log_model(torch.nn.Linear(2, 1), config, ["torch"])
+        info = pyfunc_model.log_model(torch.nn.Linear(2, 1), config)
     record = {"run_id": run.info.run_id, "tracking_uri": mlflow.get_tracking_uri()}
     write_run_info({**record, "model_uri": info.model_uri}, root / "artifacts/train_run.json")
     reg.run(params, ProjectPaths(root))

@@ -23,6 +23,7 @@ from pipeline.training import checkpoint, trainer
 from pipeline.training.distributed import Runtime
 from tests.helpers.models import CPU_FP32
 from tests.helpers.patches import write_patches
+from tests.helpers.tags import repeated_facts
 
 
 @pytest.fixture
@@ -59,11 +60,18 @@ def test_two_phase_training_writes_every_output(project, tiny_params):
     assert run.info.status == "FINISHED"
     assert run.data.params["train.phase1_epochs"] == "1"
     assert run.data.params["model.vgg_weights"] == "random"
-    assert run.data.tags["vgg_weights"] == "random"
-    assert run.data.tags["git_commit"] == run.data.tags["mlflow.source.git.commit"]
-    assert {"epoch_loss", "step_loss", "step_contrastive", "patches_per_s"} <= set(run.data.metrics)
-    history = mlflow.MlflowClient().get_metric_history(record["run_id"], "step_loss")
+    tags = run.data.tags
+    assert tags["placement.device"] == "cpu" and tags["coconet.run"] == "training"
+    assert tags["mlflow.source.git.commit"]
+    assert repeated_facts(tags) == []
+    expected = {"train/loss", "train/contrastive", "train/intensity", "train_epoch/loss"}
+    assert expected | {"train_epoch/patches_per_s"} <= set(run.data.metrics)
+    history = mlflow.MlflowClient().get_metric_history(record["run_id"], "train/loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    lineage = {a.path for a in mlflow.MlflowClient().list_artifacts(record["run_id"], "lineage")}
+    assert "lineage/params.yaml" in lineage or not project.params.is_file()
+    experiment = mlflow.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
     from pipeline.inference import load_mlflow_model
 
@@ -211,7 +219,7 @@ def test_two_process_ddp_on_cpu(project, mlflow_store, tiny_params):
 
     mlflow.set_tracking_uri(mlflow_store)
     tags = mlflow.get_run(record["run_id"]).data.tags
-    assert tags["world_size"] == "2"
+    assert tags["placement.world_size"] == "2"
 
 
 @pytest.mark.gpu
@@ -382,7 +390,7 @@ def test_a_new_objective_term_reaches_every_record(project, tiny_params, monkeyp
     assert list(losses.columns) == ["step", "epoch", "phase", *ObjectiveWithTotalVariation.names]
     assert (losses["tv"] > 0).all()
     metrics = mlflow.get_run(record["run_id"]).data.metrics
-    assert "step_tv" in metrics and "epoch_tv" in metrics
+    assert "train/tv" in metrics and "train_epoch/tv" in metrics
     state = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(project.checkpoints))
     assert state["history"].shape[1] == 3 + len(ObjectiveWithTotalVariation.names)
     assert state["fingerprint"]["terms"].endswith(",tv")
