@@ -14,7 +14,8 @@ SetOption = Annotated[
     typer.Option(
         "--set",
         "-S",
-        help="Override a param before running, e.g. -S train.phase1_epochs=1 (edits params.yaml).",
+        help="Compose params.yaml from conf/ with this override first, as `dvc exp run -S` does "
+        "(e.g. -S schedule=quick, -S train.lr=0.001).",
     ),
 ]
 InboxOption = Annotated[
@@ -35,20 +36,28 @@ def run(
 ) -> None:
     """Run the pipeline as a Prefect flow: each DVC stage in order via `dvc repro -s <stage>`.
 
-    Up-to-date stages are skipped by DVC. -S/--set key=value edits params.yaml first (kept, like
-    `dvc exp run -S` in the workspace; validated, the file is restored if invalid). Without
-    PREFECT_API_URL the flow runs against Prefect's temporary local server.
+    Up-to-date stages are skipped by DVC. With -S/--set, params.yaml is first composed from conf/
+    with the overrides exactly as `dvc exp run -S` composes it (validated; the file is put back
+    if not); without, params.yaml runs as it is (like `dvc repro`). Without PREFECT_API_URL the
+    flow runs against Prefect's temporary local server.
     """
     from flows.env import telemetry_off
 
     telemetry_off()
-    from flows.dvc_runner import DvcError
+    from flows.overrides import compose_params
     from flows.repro import run_pipeline
-    from pipeline.core.params import PROJECT_ROOT
+    from pipeline.core.errors import CoconetError
+    from pipeline.core.params import PROJECT_ROOT, load_params
 
+    project = (root or PROJECT_ROOT).resolve()
+    try:  # params first, before Prefect starts: a bad override or file is one line
+        applied = compose_params(project, overrides) if overrides else {}
+        load_params(project / "params.yaml")
+    except CoconetError as exc:
+        fail(str(exc))
     try:
-        result = run_pipeline(str((root or PROJECT_ROOT).resolve()), overrides or [], retries)
-    except DvcError as exc:
+        result = run_pipeline(str(project), [], retries, composed=applied)
+    except CoconetError as exc:
         _flow_failed(exc)
     typer.echo(result["report"])
 
@@ -66,14 +75,21 @@ def retrain(inbox: InboxOption = None, root: RootOption = None) -> None:
     from flows.env import telemetry_off
 
     telemetry_off()
+    from flows.dvc_runner import tracked_paths
+    from flows.inbox.validation import check_inbox_location, default_inbox
     from flows.retrain import EX_TEMPFAIL, busy_message, lock_is_held
     from flows.retrain import retrain as retrain_flow
     from pipeline.core.errors import CoconetError
-    from pipeline.core.params import PROJECT_ROOT
+    from pipeline.core.params import PROJECT_ROOT, load_params
 
     project = (root or PROJECT_ROOT).resolve()
     if lock_is_held(project):  # before starting Prefect: a busy run costs nothing
         fail(busy_message(project), EX_TEMPFAIL)
+    try:
+        check_inbox_location(inbox or default_inbox(project), project, tracked_paths(project))
+        load_params(project / "params.yaml")  # a broken params file: one line, before Prefect
+    except CoconetError as exc:
+        fail(str(exc))
     try:
         result = retrain_flow(str(project), str(inbox) if inbox else None)
     except CoconetError as exc:

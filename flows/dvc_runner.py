@@ -128,20 +128,36 @@ def pending_stages(root: Path) -> dict[str, list]:
     return json.loads(proc.stdout or "{}")
 
 
-def uncached_outs(root: Path) -> list[Path]:
-    """Stage outputs of ``dvc.yaml`` that ``dvc checkout`` cannot restore: ``cache: false``
-    outs, metrics and plots that DVC deletes before re-running their stage (not ``persist``)."""
+def _stage_outs(root: Path) -> list[tuple[Path, dict]]:
+    """Every output of every ``dvc.yaml`` stage (outs, metrics, plots) with its options."""
     path = root / "dvc.yaml"
     if not path.is_file():
         return []
-    found: list[Path] = []
+    found: list[tuple[Path, dict]] = []
     for stage in ((yaml.safe_load(path.read_text()) or {}).get("stages") or {}).values():
         base = root / stage.get("wdir", ".")
         for section in ("outs", "metrics", "plots"):
             for item in stage.get(section) or []:
-                if isinstance(item, dict):
-                    (out, options), *_ = item.items()
-                    options = options or {}
-                    if options.get("cache", True) is False and not options.get("persist", False):
-                        found.append(base / out)
+                out, options = next(iter(item.items())) if isinstance(item, dict) else (item, {})
+                found.append((base / out, options or {}))
     return found
+
+
+def tracked_paths(root: Path) -> list[Path]:
+    """What DVC tracks in the project: the stage outputs and the outputs of ``*.dvc`` files."""
+    paths = [out for out, _ in _stage_outs(root)]
+    for dvc_file in (p for p in root.glob("*.dvc") if p.is_file()):
+        for out in (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []:
+            if isinstance(out, dict) and out.get("path"):
+                paths.append(root / out["path"])
+    return paths
+
+
+def uncached_outs(root: Path) -> list[Path]:
+    """Stage outputs of ``dvc.yaml`` that ``dvc checkout`` cannot restore: ``cache: false``
+    outs, metrics and plots that DVC deletes before re-running their stage (not ``persist``)."""
+    return [
+        out
+        for out, options in _stage_outs(root)
+        if options.get("cache", True) is False and not options.get("persist", False)
+    ]

@@ -20,7 +20,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.dvc_runner import stage_names
-from flows.overrides import apply_overrides
+from flows.overrides import compose_params
 from flows.tasks import dvc_status, repro_stage, run_logger
 from pipeline.core.params import PROJECT_ROOT
 from pipeline.core.paths import ProjectPaths
@@ -72,13 +72,16 @@ def run_pipeline(
     overrides: list[str] | None = None,
     download_retries: int = 2,
     retry_delay_seconds: float = 10.0,
+    composed: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run every DVC stage in order (up-to-date ones are skipped by DVC) and report."""
+    """Run every DVC stage in order (up-to-date ones are skipped by DVC) and report.
+    ``overrides`` compose params.yaml first (:mod:`flows.overrides`); ``composed`` names
+    overrides a caller already composed with, for the report."""
     root = Path(project_dir or PROJECT_ROOT).resolve()
     logger = run_logger()
-    applied = apply_overrides(ProjectPaths(root).params, overrides or [])
+    applied = compose_params(root, overrides) if overrides else dict(composed or {})
     if applied:
-        logger.info("params.yaml overrides: %s", applied)
+        logger.info("params.yaml composed from conf/ with %s", applied)
     changed = dvc_status(str(root))
     results: list[dict[str, Any]] = []
     for stage in stage_names(root):

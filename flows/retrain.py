@@ -22,9 +22,14 @@ from filelock import FileLock, Timeout
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from flows.dvc_runner import pending_stages
+from flows.dvc_runner import pending_stages, tracked_paths
 from flows.inbox.ingestion import Snapshot, clear_inbox, ingest, plan, rollback
-from flows.inbox.validation import InboxPair, default_inbox, scan_inbox
+from flows.inbox.validation import (
+    InboxPair,
+    check_inbox_location,
+    default_inbox,
+    scan_inbox,
+)
 from flows.repro import run_pipeline
 from flows.tasks import dvc_status, run_logger
 from flows.workspace_backup import WorkspaceBackup
@@ -132,6 +137,7 @@ def retrain(
     """Retrain on new data: inbox pairs or any pending DVC change; nothing new -> quick exit."""
     root = Path(project_dir or PROJECT_ROOT).resolve()
     inbox_dir = Path(inbox) if inbox else default_inbox(root)
+    check_inbox_location(inbox_dir, root, tracked_paths(root))
     logger = run_logger()
     lock = try_lock(root)
     if lock is None:

@@ -40,6 +40,7 @@ import torch
 from models.coconet import CoCoNet
 from models.errors import CoconetError
 from models.vgg import build_vgg19_features
+from models.weights_file import WeightsFileError, load_weights_file
 
 SOURCE = "official"
 
@@ -155,6 +156,11 @@ def _our_shapes() -> dict[str, torch.Size]:
         return {k: v.shape for k, v in CoCoNet(vgg_weights="random").state_dict().items()}
 
 
+def _our_dtypes() -> dict[str, torch.dtype]:
+    with torch.device("meta"):
+        return {k: v.dtype for k, v in CoCoNet(vgg_weights="random").state_dict().items()}
+
+
 def key_map() -> dict[str, str]:
     """Our state-dict key -> the official key it is converted from."""
     modules = dict((ours, theirs) for theirs, ours in _module_pairs())
@@ -191,9 +197,9 @@ def _load_official(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
     if not path.is_file():
         raise OfficialCheckpointError(f"{path}: no such official checkpoint file")
     try:
-        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # torch.load raises many types for a bad file
-        raise OfficialCheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+        checkpoint = load_weights_file(path)
+    except WeightsFileError as exc:
+        raise OfficialCheckpointError(str(exc)) from exc
     if not isinstance(checkpoint, dict):
         raise OfficialCheckpointError(f"{path}: expected a dict, found {type(checkpoint).__name__}")
     state = checkpoint.get("state_dict", checkpoint)  # the official loader accepts both
@@ -206,6 +212,21 @@ def _load_official(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
             f"{path}: state dict entries that are not tensors: {not_tensors}"
         )
     return {k.removeprefix("module."): v for k, v in state.items()}, _plain(meta)
+
+
+def _as_float32(path: Path, key: str, tensor: torch.Tensor, expected: torch.dtype) -> torch.Tensor:
+    """A tensor in our dtype: half and bfloat16 weights widened to float32; integer tensors
+    where weights belong, or NaN/infinite weights, refused naming the tensor."""
+    if not expected.is_floating_point:
+        return tensor
+    if not tensor.is_floating_point():
+        raise OfficialCheckpointError(
+            f"{path}: {key} holds {tensor.dtype} values where float weights belong"
+        )
+    tensor = tensor.to(torch.float32)
+    if not bool(torch.isfinite(tensor).all()):
+        raise OfficialCheckpointError(f"{path}: {key} holds NaN or infinite weights")
+    return tensor
 
 
 def convert_official_checkpoint(
@@ -245,10 +266,11 @@ def convert_official_checkpoint(
             f"{path}: cannot convert the official checkpoint; " + "; ".join(problems)
         )
     fusion = {f"{mam}.fuse.weight" for _ca, _fuse, mam in _ATTENTION}
-    state = {
-        ours: (_fusion_weight(theirs[key]) if ours in fusion else theirs[key]).clone()
-        for ours, key in mapping.items()
-    }
+    dtypes = _our_dtypes()
+    state = {}
+    for ours, key in mapping.items():
+        tensor = _as_float32(path, key, theirs[key], dtypes[ours])
+        state[ours] = (_fusion_weight(tensor) if ours in fusion else tensor).clone()
     from_file = {int(k.split(".")[2]) for k in state if k.startswith("vgg.features.")}
     report = ConversionReport(
         source=str(path),

@@ -20,6 +20,7 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from models.errors import CoconetError
 from models.luma import LUMA_WEIGHTS
+from models.weights_file import WeightsFileError, load_weights_file
 
 VGG19_FILE = (
     "vgg19-dcbb9e9d.pth"  # torchvision's file name; the part after "-" is the sha256 prefix
@@ -84,9 +85,9 @@ def _file_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.name == VGG19_FILE:
         check_vgg19_hash(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many types for a bad file
-        raise VGGWeightsError(f"{path}: not a readable PyTorch state dict ({exc})") from exc
+        state = load_weights_file(path)
+    except WeightsFileError as exc:
+        raise VGGWeightsError(str(exc)) from exc
     if not isinstance(state, dict):
         raise VGGWeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
     return state

@@ -4,6 +4,7 @@ imports torch, so a bad argument fails fast."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,17 +12,66 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.core.errors import CoconetError
 from pipeline.core.imageio import IMAGE_SUFFIXES, ImageError, match_pairs, read_image
+from pipeline.core.params import DEFAULT_MAX_PIXELS
+
+MODEL_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "file:/")
+CLOUD_SCHEMES = {"s3://": "boto3", "gs://": "google.cloud.storage"}  # need these installed
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def check_model_source(source: str) -> bool:
+    """Whether ``--model`` is an MLflow URI (True) or a file / ``official`` (False); anything
+    else (no such file, a scheme this installation cannot read) is a one-line
+    :class:`ModelSourceError` naming what is supported."""
+    if source == "official":
+        return False
+    if Path(source).is_file():
+        return False
+    if source.startswith(MODEL_SCHEMES):
+        return True
+    for scheme, module in CLOUD_SCHEMES.items():
+        if source.startswith(scheme):
+            if _installed(module):
+                return True
+            raise ModelSourceError(
+                f"{source}: reading {scheme} needs the {module.split('.')[0]} package, which is "
+                f"not installed; {SUPPORTED}"
+            )
+    if "://" in source or ":/" in source:
+        raise ModelSourceError(f"{source}: unsupported model URI; {SUPPORTED}")
+    raise ModelSourceError(
+        f"{source}: no such model file (train one with `uv run dvc repro train`); {SUPPORTED}"
+    )
+
+
+SUPPORTED = (
+    "--model takes a checkpoint file, 'official' or an MLflow URI (models:/<name>@<alias>, "
+    "models:/<name>/<version>, runs:/<run_id>/model, mlflow-artifacts:/..., file:/...)"
+)
+
+
+class ModelSourceError(CoconetError, ValueError):
+    """A ``--model`` that names nothing this installation can load."""
 
 
 def _size(image: np.ndarray) -> str:
     return f"{image.shape[1]}x{image.shape[0]}"
 
 
-def read_pair(vis_path: Path, ir_path: Path, resize: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def read_pair(
+    vis_path: Path, ir_path: Path, resize: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, np.ndarray]:
     """Read a pair; differing sizes are an error naming both (or, with ``resize``, the infrared
     image is resized to the visible size)."""
-    vis, ir = read_image(vis_path), read_image(ir_path)
+    vis, ir = read_image(vis_path, max_pixels), read_image(ir_path, max_pixels)
     if vis.shape[:2] != ir.shape[:2]:
         if not resize:
             raise ImageError(
@@ -92,6 +142,7 @@ def plan_directory(
     suffix: str = ".png",
     resize: bool = False,
     bits: int = 8,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[tuple[Path, Path, Path]]:
     """Match pairs by name and check every pair and output before anything is written.
 
@@ -105,7 +156,7 @@ def plan_directory(
     inputs = {path.resolve(): path for _, paths in pairs for path in paths.values()}
     plan = []
     for name, paths in pairs:
-        vis, _ = read_pair(paths["vis"], paths["ir"], resize)
+        vis, _ = read_pair(paths["vis"], paths["ir"], resize, max_pixels)
         out = out_dir / f"{name}{suffix}"
         check_output(out, vis.ndim == 3, bits)
         if out.resolve() in inputs:

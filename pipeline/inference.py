@@ -7,6 +7,9 @@ model file must not pay for it.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -15,15 +18,15 @@ import torch
 
 from models.coconet import CoCoNet
 from models.state import StateDictError, check_finite, coconet_from_state
+from models.weights_file import WeightsFileError, load_weights_file
 from pipeline.core.errors import CoconetError
 from pipeline.core.imageio import write_image
-from pipeline.core.params import PROJECT_ROOT
+from pipeline.core.params import DEFAULT_MAX_PIXELS, PROJECT_ROOT
 from pipeline.core.placement import Placement
 from pipeline.fusion import fuse_arrays
-from pipeline.fusion_plan import check_output, read_pair
+from pipeline.fusion_plan import ModelSourceError, check_model_source, check_output, read_pair
 from pipeline.reference_models import OFFICIAL, official_checkpoint
 
-MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "file:/", "s3://", "gs://")
 STATE_KEYS = ("state_dict", "model", "model_state_dict")
 
 
@@ -58,9 +61,9 @@ def checkpoint_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     (which VGG-19 layers the file set).
     """
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many types for a bad file
-        raise ModelLoadError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+        checkpoint = load_weights_file(path)
+    except WeightsFileError as exc:
+        raise ModelLoadError(str(exc)) from exc
     state, vgg_weights = _state_dict_from(checkpoint, str(path))
     meta = {"vgg_weights": vgg_weights, "official": checkpoint.get("official", {})}
     return state, meta
@@ -99,7 +102,10 @@ def load_fusion_model(source: str, placement: Placement, root: Path = PROJECT_RO
     downloaded, verified, converted once, cached)."""
     if source == OFFICIAL:
         source = str(official_checkpoint())
-    is_uri = source.startswith(MLFLOW_SCHEMES) and not Path(source).exists()
+    try:
+        is_uri = check_model_source(source)
+    except ModelSourceError as exc:
+        raise ModelLoadError(str(exc)) from exc
     model = load_mlflow_model(source, root) if is_uri else load_checkpoint_model(source)
     return model.to(device=placement.device, memory_format=torch.channels_last).eval()
 
@@ -112,10 +118,11 @@ def fuse_files(
     placement: Placement,
     resize: bool = False,
     bits: int = 8,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Path:
     """Fuse one pair of files into ``out_path`` (written atomically; a failed write raises
     ImageError naming ``out_path``)."""
-    vis, ir = read_pair(Path(vis_path), Path(ir_path), resize)
+    vis, ir = read_pair(Path(vis_path), Path(ir_path), resize, max_pixels)
     check_output(Path(out_path), vis.ndim == 3, bits)
     return write_image(out_path, fuse_arrays(model, vis, ir, placement), bits=bits)
 
@@ -127,6 +134,22 @@ def fuse_directory(
     resize: bool = False,
     bits: int = 8,
     progress: Callable[[Iterable], Iterable] = iter,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[Path]:
-    """Fuse every planned pair; ``progress`` wraps the iteration (e.g. a progress bar)."""
-    return [fuse_files(model, v, i, o, placement, resize, bits) for v, i, o in progress(plan)]
+    """Fuse every planned pair, all or nothing: the images are written to a staging folder in
+    the output folder and moved into place only when every pair is fused, so a failure (a bad
+    pair, a full disk) leaves the output folder as it was. ``progress`` wraps the iteration."""
+    plan = list(plan)
+    if not plan:
+        return []
+    out_dir = plan[0][2].parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".coconet-partial-", dir=out_dir))
+    try:
+        for vis, ir, out in progress(plan):
+            fuse_files(model, vis, ir, staging / out.name, placement, resize, bits, max_pixels)
+        for _, _, out in plan:
+            os.replace(staging / out.name, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out for _, _, out in plan]

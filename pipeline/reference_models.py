@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pooch
+
 from models.official import save_converted
 from pipeline.catalogue import load_weights, url_key
 from pipeline.catalogue.fetch import MIRROR_ENV, Request, cache_dir, fetch_all, resolve_mirror
+from pipeline.core.atomic import atomic_path
 
 OFFICIAL = "official"
 CONVERTED_VGG_FILL = "random"
@@ -46,8 +49,28 @@ def official_checkpoint(
     """
     blob = _official_request().known_hash.split(":", 1)[1][:12]
     target = target or cache_dir() / "converted" / f"coconet_official-{blob}.pt"
-    if target.is_file():
+    if target.is_file() and _intact(target):
         return target
     raw = fetch_official(mirror, retries)
     save_converted(raw, target, vgg_weights=CONVERTED_VGG_FILL)
+    _record_hash(target)
     return target
+
+
+def _hash_file(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _record_hash(target: Path) -> None:
+    """Write the converted file's sha256 beside it (atomically), for :func:`_intact`."""
+    with atomic_path(_hash_file(target)) as tmp:
+        tmp.write_text(pooch.file_hash(str(target), alg="sha256") + "\n")
+
+
+def _intact(target: Path) -> bool:
+    """Whether a cached conversion is the file this code wrote: its sha256 matches the one
+    recorded at conversion (a file planted or changed in the cache is converted afresh)."""
+    recorded = _hash_file(target)
+    if not recorded.is_file():
+        return False
+    return recorded.read_text().strip() == pooch.file_hash(str(target), alg="sha256")

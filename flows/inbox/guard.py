@@ -1,6 +1,8 @@
 """The test-image guard: no test scene is ever trained on, so an inbox image that is a
 near-duplicate of a test image (an edited copy: re-encoded, cropped, shifted, resized, brightness,
-contrast or gamma changed, noise, blur) is refused. See ``flows/README.md`` for the measurements.
+contrast or gamma changed, noise, blur; inverted, as black-hot and white-hot infrared are; flipped
+or turned by 90 degrees, as training augments) is refused. See ``flows/README.md`` for the
+measurements.
 """
 
 from __future__ import annotations
@@ -63,10 +65,17 @@ def reference_grid(image: np.ndarray) -> np.ndarray:
     return _grid(image, max(1, round(w * scale)), max(1, round(h * scale)))
 
 
+def orientations(image: np.ndarray) -> list[np.ndarray]:
+    """The eight flips and quarter turns of an image (the dihedral group of the square)."""
+    turns = [np.rot90(image, k) for k in range(4)]
+    return [np.ascontiguousarray(t) for t in turns + [np.fliplr(t) for t in turns]]
+
+
 def match_score(image: np.ndarray, reference: np.ndarray, cache: dict | None = None) -> float:
-    """How well ``image`` (grey float, any size) matches a :func:`reference_grid`: the highest
-    normalised cross-correlation of the band-passed images over the scales in COVERAGE and
-    every translation (1.0: the same picture; unrelated images stay well below 0.7).
+    """How well ``image`` (grey float, any size, as it is oriented) matches a
+    :func:`reference_grid`: the highest absolute normalised cross-correlation of the band-passed
+    images over the scales in COVERAGE and every translation (1.0: the same picture or its
+    negative; unrelated images stay well below 0.7).
 
     ``cache`` (a dict) keeps the scaled ``image`` between calls with references of one size.
     """
@@ -88,7 +97,7 @@ def match_score(image: np.ndarray, reference: np.ndarray, cache: dict | None = N
         if float(template.std()) < 1e-6:  # no structure to compare
             continue
         scores = cv2.matchTemplate(reference, template, cv2.TM_CCOEFF_NORMED)
-        best = max(best, float(np.nanmax(scores)))
+        best = max(best, float(np.nanmax(np.abs(scores))))  # an inverted copy correlates -1
     return min(best, 1.0)
 
 
@@ -120,12 +129,14 @@ def load_held_out(root: Path) -> list[HeldOutImage]:
 def nearest_held_out(
     pair: InboxPair, held_out: list[HeldOutImage]
 ) -> tuple[float, str, HeldOutImage] | None:
-    """(score, inbox role, test image) of the closest test image to any ir/vis image of ``pair``."""
+    """(score, inbox role, test image) of the closest test image to any ir/vis image of
+    ``pair`` in any of its eight orientations."""
     best = None
     for role in IMAGE_ROLES:
-        image, cache = _grey(pair.files[role]), {}
-        for test in held_out:
-            score = match_score(image, test.grid, cache)
-            if best is None or score > best[0]:
-                best = (score, role, test)
+        for image in orientations(_grey(pair.files[role])):
+            cache: dict = {}
+            for test in held_out:
+                score = match_score(image, test.grid, cache)
+                if best is None or score > best[0]:
+                    best = (score, role, test)
     return best

@@ -6,10 +6,11 @@ already ingested file, and when an image is a near-duplicate of a test image
 while copying, to ``incoming/<pair>/`` (tracked by DVC: ``dvc add incoming`` ->
 ``incoming.dvc``), appends their repo-relative paths, sha256s and sizes to the catalogue's
 ``pipeline/catalogue/datasets/inbox.tsv`` (entry ``inbox.yaml``, ``local: true``, split train)
-and lists ``inbox`` in ``download.datasets``. The catalogue is a dependency of the download
-stage, so ``dvc repro`` sees the new pairs. The inbox files are deleted only after the whole
-pipeline succeeded; a failure restores the catalogue, params and ``incoming/`` as they were
-(:func:`rollback`).
+and lists ``inbox`` in ``download.datasets`` of ``conf/config.yaml`` (so that ``dvc exp run
+-S`` recomposing ``params.yaml`` keeps it) and of ``params.yaml``. The catalogue is a dependency
+of the download stage, so ``dvc repro`` sees the new pairs. The inbox files are deleted only
+after the whole pipeline succeeded; a failure restores the catalogue, params and ``incoming/`` as
+they were (:func:`rollback`).
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ from flows.dvc_runner import run_dvc
 from flows.inbox.guard import NEAR_DUPLICATE_NCC, load_held_out, nearest_held_out
 from flows.inbox.validation import IMAGE_ROLES, InboxError, InboxPair
 from pipeline.catalogue import CatalogueFile, read_files_tsv, write_files_tsv
+from pipeline.core.imageio import read_grey_uint8
+from pipeline.core.params import PatchesParams, load_params
 from pipeline.core.paths import ProjectPaths
+from pipeline.data.patch_cutting import busy_cells
 
 DATASET = "inbox"
 STORE = Path("incoming")
+CONF_FILE = Path("conf") / "config.yaml"  # the source params.yaml is composed from
 ENTRY_YAML = """\
 # Pairs ingested from the inbox by the retrain flow (flows/inbox/ingestion.py); files are kept,
 # byte for byte, in incoming/ (tracked by DVC: incoming.dvc). Do not edit by hand.
@@ -80,9 +85,11 @@ def plan(
     """Split accepted pairs into (new, already ingested with identical files, rejected).
 
     Rejected: a name ingested before with other files; an ir/vis file byte-identical to a
-    catalogued or ingested one; a near-duplicate of a test image (naming the test pair), or any
-    new pair while the test split cannot be read (they are checked again on the next run).
+    catalogued or ingested one; a pair that would give no training patch (no textured window
+    under the ``patches`` params); a near-duplicate of a test image (naming the test pair), or
+    any new pair while the test split cannot be read (they are checked again on the next run).
     """
+    patches = load_params(ProjectPaths(root).params).patches
     known: dict[str, dict[str, str]] = {}
     for entry in read_catalogue(root):
         known.setdefault(entry.pair, {})[entry.role] = entry.sha256
@@ -101,6 +108,14 @@ def plan(
         if same:
             role, where = same[0]
             rejected[pair.name] = f"{pair.files[role].name} is byte-identical to catalogued {where}"
+            continue
+        if not trainable(pair, patches):
+            side = patches.patch_size
+            rejected[pair.name] = (
+                f"no {side}x{side} window of it has texture (std >= {patches.min_std} grey levels "
+                "in either image): it would give no training patch (patches.patch_size, "
+                "patches.min_std)"
+            )
             continue
         candidates.append(pair)
     if not candidates:
@@ -126,6 +141,13 @@ def plan(
     return new, duplicate, rejected
 
 
+def trainable(pair: InboxPair, patches: PatchesParams) -> bool:
+    """Whether the patches stage would cut at least one patch from the pair."""
+    vis = read_grey_uint8(pair.files["vis"])
+    ir = read_grey_uint8(pair.files["ir"])
+    return len(busy_cells(vis, ir, patches)[0]) > 0
+
+
 def _remember(snapshot: Snapshot, path: Path) -> None:
     if path not in snapshot.texts:
         snapshot.texts[path] = path.read_text() if path.is_file() else None
@@ -148,7 +170,16 @@ def ingest(pairs: list[InboxPair], root: Path) -> Snapshot:
     """Copy pairs into ``incoming/``, extend the catalogue and params, ``dvc add incoming``."""
     snapshot = Snapshot()
     entry, tsv = catalogue_paths(root)
-    for path in (entry, tsv, ProjectPaths(root).params, root / f"{STORE}.dvc", root / ".gitignore"):
+    conf = root / CONF_FILE
+    edited = (
+        entry,
+        tsv,
+        ProjectPaths(root).params,
+        conf,
+        root / f"{STORE}.dvc",
+        root / ".gitignore",
+    )
+    for path in edited:
         _remember(snapshot, path)
     try:
         files = list(read_catalogue(root))
@@ -169,10 +200,12 @@ def ingest(pairs: list[InboxPair], root: Path) -> Snapshot:
         if not entry.is_file():
             entry.write_text(ENTRY_YAML)
         write_files_tsv(tsv, files)
-        with modify_yaml(ProjectPaths(root).params) as params:
-            datasets = params.setdefault("download", {}).setdefault("datasets", [])
-            if DATASET not in datasets:
-                datasets.append(DATASET)
+        for params_file in (conf, ProjectPaths(root).params):  # conf/: kept when recomposed
+            if params_file.is_file():
+                with modify_yaml(params_file) as params:
+                    datasets = params.setdefault("download", {}).setdefault("datasets", [])
+                    if DATASET not in datasets:
+                        datasets.append(DATASET)
         run_dvc(["add", str(STORE)], root)
     except BaseException:
         rollback(snapshot)

@@ -52,6 +52,22 @@ def default_inbox(root: Path) -> Path:
     return Path(os.environ.get(INBOX_ENV) or ProjectPaths(root).inbox)
 
 
+def check_inbox_location(inbox: Path, root: Path, tracked: list[Path]) -> None:
+    """Refuse an inbox that is the project, lies inside something DVC tracks (``incoming/``,
+    ``data/``, a stage output) or holds such a thing: pairs are deleted from the inbox once
+    ingested, and DVC-tracked files must never be."""
+    inbox = inbox.resolve()
+    if inbox == root.resolve():
+        raise InboxError(f"inbox {inbox} is the project folder; use a folder of its own")
+    for path in tracked:
+        path = path.resolve()
+        if inbox == path or inbox.is_relative_to(path) or path.is_relative_to(inbox):
+            raise InboxError(
+                f"inbox {inbox} overlaps {path}, which DVC tracks; pairs leave the inbox once "
+                "ingested, so use a folder of its own (default <project>/inbox)"
+            )
+
+
 def _check_entry(path: Path, inbox: Path, what: str) -> None:
     """Refuse symbolic links, non-regular entries and anything resolving outside ``inbox``."""
     if path.is_symlink():
@@ -108,6 +124,7 @@ def scan_inbox(inbox: Path) -> tuple[list[InboxPair], dict[str, str]]:
     seen: dict[str, str] = {}  # sha256 -> "pair/role"
     for entry in sorted(inbox.iterdir()):
         if entry.name.startswith("."):
+            rejected[entry.name] = "a hidden entry (its name starts with '.'): rename it"
             continue
         if entry.is_symlink():
             rejected[entry.name] = "a symbolic link: copy the pair into the inbox instead"

@@ -7,6 +7,8 @@ Heavy modules (torch, mlflow, prefect) are imported inside each command so that
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -21,6 +23,54 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain click errors: one "Error: ..." line a script can read
 )
 
+
+class Bits(StrEnum):
+    """Output bit depth."""
+
+    eight = "8"
+    sixteen = "16"
+
+
+class ImageFormat(StrEnum):
+    """Output format of the fused images in folder mode."""
+
+    png = "png"
+    tif = "tif"
+    tiff = "tiff"
+    bmp = "bmp"
+    jpg = "jpg"
+
+
+def _show_version(asked: bool) -> None:
+    if asked:
+        try:
+            typer.echo(f"coconet {version('coconet')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("coconet (not installed: run `uv sync`)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    show: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_show_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """CoCoNet infrared/visible image fusion: pipeline stages, fusion, metrics, registry."""
+
+
+MaxPixelsOption = Annotated[
+    int,
+    typer.Option(
+        "--max-pixels",
+        min=1,
+        help="Refuse images above this many pixels (width x height), checked from the file's "
+        "header before decoding.",
+    ),
+]
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read.")]
 RootOption = Annotated[
     Path | None, typer.Option("--root", help="Project root for data and outputs.")

@@ -22,6 +22,9 @@ def import_official(
             "by the contrastive loss) come from: imagenet, random or a path.",
         ),
     ] = "random",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace OUTPUT if it exists (never the input).")
+    ] = False,
 ) -> None:
     """Convert an official CoCoNet checkpoint ({'meta', 'state_dict'}) for fuse, evaluate and
     fine-tuning. Loaded with weights_only=True; every tensor the official forward pass uses must
@@ -30,6 +33,15 @@ def import_official(
         fail(f"{checkpoint}: no such file")
     if output.exists() and output.is_dir():
         fail(f"{output}: is a directory; give a file name such as {output / 'official.pt'}")
+    if output.exists() and output.resolve() == checkpoint.resolve():
+        fail(f"{output}: is the checkpoint being converted; give another output file", 2)
+    if output.exists() and not force:
+        fail(f"{output}: exists; pass --force to replace it", 2)
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        fail(f"{output}: cannot be created, {parent} is a file, not a folder", 2)
     from models.official import save_converted
 
     report = save_converted(checkpoint, output, vgg_weights=vgg_weights)

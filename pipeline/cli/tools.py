@@ -12,9 +12,24 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.app import ParamsOption, PrecisionOption, RootOption, app, fail
+from pipeline.cli.app import (
+    Bits,
+    ImageFormat,
+    MaxPixelsOption,
+    ParamsOption,
+    PrecisionOption,
+    RootOption,
+    app,
+    fail,
+)
 from pipeline.core.errors import CoconetError
-from pipeline.core.params import PARAMS_FILE, PROJECT_ROOT, Convention, load_params
+from pipeline.core.params import (
+    DEFAULT_MAX_PIXELS,
+    PARAMS_FILE,
+    PROJECT_ROOT,
+    Convention,
+    load_params,
+)
 from pipeline.core.placement import Device, PlacementError, Precision, parse_memory, place
 
 IrDirOption = Annotated[Path | None, typer.Option("--ir-dir", help="Folder of infrared images.")]
@@ -41,6 +56,7 @@ def metrics(
         ),
     ] = Convention.matlab,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (NaN -> null).")] = False,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     csv_out: Annotated[
         Path | None, typer.Option("--csv", help="Also write per-image rows and the mean here.")
     ] = None,
@@ -65,9 +81,9 @@ def metrics(
 
     try:
         if is_single:
-            scored = [report.score_files(ir, vis, fused, convention)]
+            scored = [report.score_files(ir, vis, fused, convention, max_pixels=max_pixels)]
         else:
-            scored = report.score_folders(ir_dir, vis_dir, fused_dir, convention)
+            scored = report.score_folders(ir_dir, vis_dir, fused_dir, convention, max_pixels)
     except ImageError as exc:
         fail(str(exc))
     if csv_out is not None:
@@ -110,8 +126,11 @@ def fuse(
     resize: Annotated[
         bool, typer.Option("--resize", help="Resize the infrared image to the visible size.")
     ] = False,
-    bits: Annotated[int, typer.Option("--bits", help="Output bit depth: 8 or 16.")] = 8,
-    ext: Annotated[str, typer.Option("--ext", help="Output format in folder mode.")] = "png",
+    bits: Annotated[Bits, typer.Option("--bits", help="Output bit depth.")] = Bits.eight,
+    ext: Annotated[
+        ImageFormat, typer.Option("--ext", help="Output format in folder mode.")
+    ] = ImageFormat.png,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     precision: PrecisionOption = Precision.auto,
     max_memory: Annotated[
         str | None,
@@ -136,8 +155,7 @@ def fuse(
         fail("give --ir and --vis (one pair) or --ir-dir and --vis-dir (folders)", 2)
     if output is None:
         fail("give the output with -o (a file for one pair, a folder for --ir-dir/--vis-dir)", 2)
-    if bits not in (8, 16):
-        fail(f"--bits must be 8 or 16, not {bits}", 2)
+    depth = int(bits)
     if max_memory is not None:
         try:
             parse_memory(max_memory)
@@ -145,21 +163,21 @@ def fuse(
             fail(f"--max-memory: {exc}", 2)
 
     from pipeline import fusion_plan
-    from pipeline.core.imageio import ImageError, write_image
+    from pipeline.core.imageio import write_image
 
     try:
         if all(single):
             fusion_plan.check_not_input(output, (ir, vis))
             fusion_plan.check_output_location(output)
-            vis_image, ir_image = fusion_plan.read_pair(vis, ir, resize)
-            fusion_plan.check_output(output, vis_image.ndim == 3, bits)
+            vis_image, ir_image = fusion_plan.read_pair(vis, ir, resize, max_pixels)
+            fusion_plan.check_output(output, vis_image.ndim == 3, depth)
         else:
             plan = fusion_plan.plan_directory(
-                vis_dir, ir_dir, output, f".{ext.lstrip('.')}", resize, bits
+                vis_dir, ir_dir, output, f".{ext}", resize, depth, max_pixels
             )
-    except ImageError as exc:
+        fusion_plan.check_model_source(model)
+    except CoconetError as exc:
         fail(str(exc))
-    _check_model_source(model)
 
     from rich.progress import track
 
@@ -171,27 +189,17 @@ def fuse(
         net = load_fusion_model(model, placement)
         how = f"on {placement.describe()} (--precision {precision})"
         if all(single):
-            write_image(output, fuse_arrays(net, vis_image, ir_image, placement), bits=bits)
+            write_image(output, fuse_arrays(net, vis_image, ir_image, placement), bits=depth)
             typer.echo(f"wrote {output}: fused {how}")
         else:
 
             def progress(items):
                 return track(items, description="fusing", total=len(plan), transient=True)
 
-            fuse_directory(net, plan, placement, resize, bits, progress)
+            fuse_directory(net, plan, placement, resize, depth, progress, max_pixels)
             typer.echo(f"wrote {len(plan)} fused images to {output}: fused {how}")
     except CoconetError as exc:
         fail(str(exc))
-
-
-def _check_model_source(source: str) -> None:
-    """A --model that is neither a URI (``scheme:/...``), 'official' nor an existing file fails
-    at once."""
-    if source != "official" and ":/" not in source and not Path(source).is_file():
-        fail(
-            f"{source}: no such model file (train one with `uv run dvc repro train`, or pass "
-            "--model with a checkpoint path or an MLflow URI such as models:/coconet@champion)"
-        )
 
 
 @app.command("model")

@@ -1,9 +1,10 @@
 """Cutting training patches from a pair: a grid of windows, the busy ones kept, a seeded subset,
 and augmentations applied alike to all three channels.
 
-A pair is stacked as (3, H, W) uint8 [visible Y (BT.601 luma), infrared, mask 0/255]. A grid of
-``patch_size`` x ``patch_size`` windows with step ``stride`` is laid over it; windows where both sources are
-near-empty (standard deviation below ``min_std`` on the 0..255 scale) are dropped, at most
+A pair is stacked as (3, H, W) uint8 [visible Y (BT.601 luma), infrared, mask 0/255]. A grid
+of ``patch_size`` x ``patch_size`` windows with step ``stride`` is laid over it; windows where
+both sources are near-empty (standard deviation below ``min_std`` on the 0..255 scale) are
+dropped, at most
 ``max_per_pair`` are drawn at random (seeded), and each patch is flipped / rotated by
 albumentations identically across its channels (infrared as an ``additional_targets`` image, the
 mask as the mask target).
@@ -61,20 +62,29 @@ def window_std(image: np.ndarray, size: int, ys: np.ndarray, xs: np.ndarray) -> 
     return np.sqrt(np.maximum(box(squares) / n - mean**2, 0.0))
 
 
+def busy_cells(vis_y: np.ndarray, ir: np.ndarray, p: PatchesParams) -> tuple[np.ndarray, int]:
+    """(grid cells (K, 2) whose window is not near-empty in either source, windows in the
+    grid) for uint8 visible Y and infrared images of one size."""
+    size, stride = p.patch_size, p.stride
+    height, width = vis_y.shape
+    ys, xs = np.arange(0, height - size + 1, stride), np.arange(0, width - size + 1, stride)
+    if len(ys) == 0 or len(xs) == 0:
+        return np.zeros((0, 2), np.int64), 0
+    busy = (window_std(vis_y, size, ys, xs) >= p.min_std) | (
+        window_std(ir, size, ys, xs) >= p.min_std
+    )
+    return np.argwhere(busy), len(ys) * len(xs)
+
+
 def grid_patches(
     stack: np.ndarray, p: PatchesParams, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Top-left corners (M, 2) and patches (M, 3, S, S) kept from one pair, with counts."""
     size, stride = p.patch_size, p.stride
-    _, height, width = stack.shape
-    ys, xs = np.arange(0, height - size + 1, stride), np.arange(0, width - size + 1, stride)
-    counts = {"windows": len(ys) * len(xs), "near_empty": 0, "subsampled": 0}
-    if counts["windows"] == 0:
+    cells, windows = busy_cells(stack[0], stack[1], p)
+    counts = {"windows": windows, "near_empty": 0, "subsampled": 0}
+    if windows == 0:
         return np.zeros((0, 2), np.int32), np.zeros((0, 3, size, size), np.uint8), counts
-    busy = (window_std(stack[0], size, ys, xs) >= p.min_std) | (
-        window_std(stack[1], size, ys, xs) >= p.min_std
-    )
-    cells = np.argwhere(busy)
     counts["near_empty"] = counts["windows"] - len(cells)
     if p.max_per_pair is not None and len(cells) > p.max_per_pair:
         counts["subsampled"] = len(cells) - p.max_per_pair

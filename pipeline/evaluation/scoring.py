@@ -14,11 +14,11 @@ from rich.table import Table
 
 from pipeline.core.atomic import atomic_path
 from pipeline.core.imageio import ImageError, match_pairs, read_image
+from pipeline.core.params import DEFAULT_MAX_PIXELS, Convention
 from pipeline.metrics import (
     METRIC_DIRECTION,
     METRIC_NAMES,
     MIN_SIDE,
-    Convention,
     compute_metrics,
     mean_metrics,
 )
@@ -42,15 +42,20 @@ def _size(image: np.ndarray) -> str:
 
 
 def score_files(
-    ir: Path, vis: Path, fused: Path, convention: Convention = "matlab", name: str | None = None
+    ir: Path,
+    vis: Path,
+    fused: Path,
+    convention: Convention = Convention.matlab,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ScoredImage:
     """Read an (infrared, visible, fused) triple and compute every metric.
 
     Raises ImageError naming the file for a missing or unreadable image, a size that does
     not match the infrared image, or an image too small for the metrics.
     """
-    images = {"ir": read_image(ir), "vis": read_image(vis), "fused": read_image(fused)}
     paths = {"ir": Path(ir), "vis": Path(vis), "fused": Path(fused)}
+    images = {role: read_image(path, max_pixels) for role, path in paths.items()}
     reference = images["ir"].shape[:2]
     for role in ("vis", "fused"):
         if images[role].shape[:2] != reference:
@@ -68,12 +73,16 @@ def score_files(
 
 
 def score_folders(
-    ir_dir: Path, vis_dir: Path, fused_dir: Path, convention: Convention = "matlab"
+    ir_dir: Path,
+    vis_dir: Path,
+    fused_dir: Path,
+    convention: Convention = Convention.matlab,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[ScoredImage]:
-    """Score every fused image against its sources, pairing files by name (stem)."""
+    """Score every fused image against its sources, pairing files by name (natural order)."""
     pairs = match_pairs(ir=ir_dir, vis=vis_dir, fused=fused_dir)
     return [
-        score_files(files["ir"], files["vis"], files["fused"], convention, name)
+        score_files(files["ir"], files["vis"], files["fused"], convention, name, max_pixels)
         for name, files in pairs
     ]
 

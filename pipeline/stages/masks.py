@@ -5,7 +5,8 @@ automatic mask from :mod:`pipeline.segmentation.saliency` (``masks.method``: ``s
 ``ir_saliency``). The automatic method is also run on the manually masked pairs and scored
 against them (IoU, precision, recall) in ``reports/masks.json`` (DVC metrics ``mask_iou``,
 ``mask_precision``, ``mask_recall``) and ``reports/masks_per_image.csv``; the counts go to
-``reports/masks_summary.json``; ``reports/masks_preview.png`` shows infrared | visible | automatic | manual mask.
+``reports/masks_summary.json``; ``reports/masks_preview.png`` shows infrared | visible |
+automatic | manual mask.
 
 Outputs: ``data/masks/<dataset>/<pair>.png`` (0/255) and ``data/masks/index.csv``
 (pair_id, mask, method), built aside and renamed into place at the end.

@@ -70,7 +70,9 @@ def run(params: Params, paths: ProjectPaths) -> dict:
             squares += (flat**2).mean(axis=2).sum(axis=0)
         count = writer.count
         if count == 0:
-            raise ImageError(f"no patch of {p.patch_size}x{p.patch_size} could be cut from {len(pairs)} pairs")
+            raise ImageError(
+                f"no patch of {p.patch_size}x{p.patch_size} could be cut from {len(pairs)} pairs"
+            )
         writer.close()
     mean = sums / count
     summary = {

@@ -25,6 +25,7 @@ from PIL import Image
 from pipeline.core.params import Params
 from pipeline.tracking import names
 from pipeline.tracking.experiment import attach_uri, flatten_params
+from pipeline.tracking.store_health import owner_tags
 
 Means = Mapping[str, Mapping[str, Mapping[str, float]]]  # test set -> method -> metric -> mean
 
@@ -64,7 +65,7 @@ class EvaluationRun:
         self.run_id = run.info.run_id
         section = {k: v for k, v in flatten_params(self.params).items() if k.startswith("eval")}
         mlflow.log_params(section)
-        mlflow.set_tag(names.RUN_KIND, "evaluation")
+        mlflow.set_tags({names.RUN_KIND: "evaluation", **owner_tags(self.root)})
         return self
 
     def __exit__(

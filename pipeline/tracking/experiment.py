@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -32,8 +33,10 @@ from pipeline.core.params import PROJECT_ROOT, Params, TrackingParams, load_para
 from pipeline.tracking import names
 from pipeline.tracking.dvc_lock import LOCK_FILE as DVC_LOCK_FILE
 from pipeline.tracking.dvc_lock import stage_out_hashes
+from pipeline.tracking.store_health import check_sqlite_store, mark_stale_runs
 
 DATA_STAGES = ("download", "masks", "patches")
+log = logging.getLogger(__name__)
 
 
 def resolve_tracking_uri(uri: str, root: Path = PROJECT_ROOT) -> str:
@@ -83,7 +86,9 @@ def connect(
 ) -> str:
     """Check the store (``uri``, default the configured one) and point MLflow at it.
 
-    A SQLite file that does not exist is refused unless ``create``. For a SQLite file inside
+    A SQLite file that does not exist is refused unless ``create``; an empty, foreign or damaged
+    one always (:mod:`pipeline.tracking.store_health`). Runs of this project whose process is
+    gone are marked KILLED. For a SQLite file inside
     ``root`` (the embedded store), every experiment but MLflow's unused Default must keep its
     artifacts inside ``root`` or under ``tracking.artifact_root``: a copied or moved project
     still records the original's absolute paths and would read and write them.
@@ -97,14 +102,19 @@ def connect(
             f"{db}: no MLflow store here; run the pipeline first (dvc repro) "
             "or set MLFLOW_TRACKING_URI"
         )
-    if db is not None and db.is_file() and db.is_relative_to(root):
-        _check_locations(uri, db, root, tracking)
+    if db is not None and db.is_file():
+        check_sqlite_store(db)
+        if db.is_relative_to(root):
+            _check_locations(uri, db, root, tracking)
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)  # also exports MLFLOW_TRACKING_URI: undo that, or a later
     if user_uri is None:  # connect() for another root would take it for the user's choice
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = user_uri
+    if db is None or db.is_file():
+        for run_id in mark_stale_runs(uri, root):
+            log.warning("marked MLflow run %s KILLED: its process is gone", run_id)
     return uri
 
 

@@ -152,7 +152,8 @@ def collect(target: str = DEFAULT_TARGET, tracking_uri: str | None = None) -> di
         "run": {
             "run_id": run_id,
             "experiment_id": run.info.experiment_id,
-            "status": run.info.status,
+            "status": run.info.status
+            + (" (deleted)" if run.info.lifecycle_stage == "deleted" else ""),
             "start_time": _iso(run.info.start_time),
             "end_time": _iso(run.info.end_time),
             "git_commit": run_tags.get(names.GIT_COMMIT, ""),

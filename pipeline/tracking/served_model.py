@@ -36,9 +36,9 @@ from pipeline.core.imageio import to_uint8
 from pipeline.core.placement import Placement
 from pipeline.fusion import fuse_arrays
 
-ROLES = ("vis", "ir")
+COLUMNS = ("vis", "ir")
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", role, required=False) for role in ROLES]),
+    inputs=Schema([ColSpec("string", role, required=False) for role in COLUMNS]),
     outputs=Schema([ColSpec("string", "fused")]),
 )
 
@@ -145,7 +145,7 @@ class FusionModel:
             raise MlflowException(message, error_code=INTERNAL_ERROR) from exc
 
     def _fuse_one(self, pair: dict[str, Any]) -> str | list:
-        missing = [role for role in ROLES if role not in pair]
+        missing = [role for role in COLUMNS if role not in pair]
         if missing:
             raise ImageError(f"request lacks {', '.join(missing)} (give vis and ir)")
         vis, vis_bytes = decode_value(pair["vis"], "vis", self.max_pixels)

@@ -5,9 +5,7 @@ runs of their own (:mod:`pipeline.tracking.evaluation_run`), the registry tags t
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +22,7 @@ from pipeline.tracking import experiment as tracking
 from pipeline.tracking import names, pyfunc_model
 from pipeline.tracking.provenance import git_state
 from pipeline.tracking.run_record import write_run_info
+from pipeline.tracking.store_health import mark_stale_runs, owner_tags
 
 
 class RunTracker:
@@ -72,13 +71,13 @@ class RunTracker:
                 names.PRECISION: str(self.placement.precision),
                 names.WORLD_SIZE: str(self.world_size),
                 names.TRAIN_DIGEST: params_digest,
-                **self._owner_tags(),
+                **owner_tags(self.paths.root),
             }
         )
         if resumed_epoch is not None:
             mlflow.set_tag(names.RESUMED_FROM, str(resumed_epoch))
-        for stale in self._kill_stale_runs():
-            print(f"marked MLflow run {stale} KILLED: its training process is gone", flush=True)
+        for stale in mark_stale_runs(self.uri, self.paths.root, f"run {self.run_id}"):
+            print(f"marked MLflow run {stale} KILLED: its process is gone", flush=True)
 
     def _log_lineage_files(self) -> None:
         """The data and mask indexes, ``dvc.lock`` and ``params.yaml`` as the run read them,
@@ -94,38 +93,6 @@ class RunTracker:
                 if source.is_file():
                     shutil.copyfile(source, Path(tmp) / name)
             mlflow.log_artifacts(tmp, names.LINEAGE_ARTIFACTS)
-
-    def _owner_tags(self) -> dict[str, str]:
-        """Which training process owns the run: project root, host and process id."""
-        return {
-            names.OWNER_ROOT: str(self.paths.root.resolve()),
-            names.OWNER_HOST: socket.gethostname(),
-            names.OWNER_PID: str(os.getpid()),
-        }
-
-    def _kill_stale_runs(self) -> list[str]:
-        """Mark KILLED the runs of this experiment and project root still RUNNING although
-        their process is gone (a training killed before it could mark its run); returns
-        their ids. A run of a live process on this host is left alone."""
-        client = mlflow.MlflowClient()
-        owner = self._owner_tags()
-        killed = []
-        for run in client.search_runs(
-            [self.experiment_id], "attributes.status = 'RUNNING'", max_results=1000
-        ):
-            tags = run.data.tags
-            root = names.OWNER_ROOT
-            if run.info.run_id == self.run_id or tags.get(root) != owner[root]:
-                continue
-            pid = tags.get(names.OWNER_PID, "")
-            host = names.OWNER_HOST
-            if tags.get(host) == owner[host] and pid != owner[names.OWNER_PID] and _alive(pid):
-                continue
-            reason = f"stale: found by run {self.run_id}"
-            client.set_tag(run.info.run_id, names.KILLED_REASON, reason)
-            client.set_terminated(run.info.run_id, status="KILLED")
-            killed.append(run.info.run_id)
-        return killed
 
     @staticmethod
     def _run_exists(run_id: str) -> bool:
@@ -183,18 +150,3 @@ class RunTracker:
             if reason:
                 mlflow.set_tag(names.FAILURE, reason[:5000])
             mlflow.end_run(status="FAILED")
-
-
-def _alive(pid: str) -> bool:
-    """Whether a process with this id runs on this host (True where that cannot be told)."""
-    if os.name != "posix":
-        return True
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

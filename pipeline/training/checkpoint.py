@@ -21,6 +21,7 @@ import numpy as np
 import pooch
 import torch
 
+from models.weights_file import check_weights_file
 from pipeline.core.atomic import atomic_path
 from pipeline.core.params import Params
 
@@ -121,6 +122,7 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint without unpickling arbitrary objects."""
+    check_weights_file(Path(path))
     return torch.load(path, map_location=map_location, weights_only=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from flows.inbox.ingestion import ingest
 from flows.inbox.validation import scan_inbox
 from flows.retrain import lock_path, undo
 from flows.workspace_backup import WorkspaceBackup
+from pipeline.core.params import PROJECT_ROOT
 from tests.helpers.dvc_project import workspace_state, write_pair
 
 
@@ -60,6 +62,24 @@ def test_retrain_cli_exits_75_when_the_flow_finds_the_lock_taken(tmp_path, monke
     from pipeline.cli import app
 
     monkeypatch.setattr(flows.retrain, "retrain", lambda *a, **k: {"status": "busy"})
+    shutil.copyfile(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")
     result = CliRunner().invoke(app, ["retrain", "--root", str(tmp_path)])
     assert result.exit_code == 75
     assert "retrain busy" in result.output
+
+
+def test_retrain_cli_refuses_an_inbox_over_dvc_tracked_data(tmp_path):
+    """`coconet retrain --inbox incoming` would delete DVC-tracked files as duplicates."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    shutil.copyfile(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "incoming" / "p1").mkdir(parents=True)
+    (tmp_path / "incoming.dvc").write_text("outs:\n- path: incoming\n")
+    (tmp_path / "incoming" / "p1" / "ir.png").write_bytes(b"tracked")
+    result = CliRunner().invoke(
+        app, ["retrain", "--root", str(tmp_path), "--inbox", str(tmp_path / "incoming")]
+    )
+    assert result.exit_code == 1 and "which DVC tracks" in result.output, result.output
+    assert (tmp_path / "incoming" / "p1" / "ir.png").read_bytes() == b"tracked"

@@ -85,19 +85,21 @@ def git(root: Path, *args: str) -> None:
 
 
 def make_dvc_project(tmp_path: Path) -> Path:
-    """A git + DVC project with three trivial stages and the real params.yaml."""
+    """A git + DVC project with three trivial stages and the real params.yaml and conf/."""
     root = tmp_path / "tiny"
     (root / "pipeline/catalogue/datasets").mkdir(parents=True)
     (root / "pipeline/catalogue/datasets/README").write_text("catalogue\n")
     shutil.copyfile(PROJECT_ROOT / "params.yaml", root / "params.yaml")
+    shutil.copytree(PROJECT_ROOT / "conf", root / "conf")
     (root / "stages.py").write_text(STAGES_PY)
     (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
     git(root, "init", "-q")
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    shutil.copyfile(PROJECT_ROOT / ".dvc" / "config", root / ".dvc" / "config")  # hydra on
     return root
 
 
-def write_pair(folder: Path, size=(6, 8), vis_size=None, ext=".png") -> Path:
+def write_pair(folder: Path, size=(72, 96), vis_size=None, ext=".png") -> Path:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(zlib.crc32(folder.name.encode()))  # other names, other images
     write_image(folder / f"ir{ext}", rng.random(size).astype(np.float32))

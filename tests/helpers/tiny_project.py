@@ -11,13 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flows.overrides import apply_overrides
+from flows.overrides import compose_params
 from pipeline.catalogue import load_dataset
 from pipeline.core.params import PROJECT_ROOT
 from tests.helpers.mirror import mirror_dir
 
 TINY_PARAMS = [
-    "download.datasets=[tno40, tno_masked]",
+    "download.datasets=[tno40,tno_masked]",
     "download.vgg19=none",
     "download.sam=none",
     "download.official=none",
@@ -79,9 +79,9 @@ def make_tiny_project(dst: Path, test_pairs: int = 2, train_pairs: int = 2) -> P
     for stale in ("dvc.lock",):  # the copy starts from nothing
         (dst / stale).unlink(missing_ok=True)
     _shrink_catalogue(dst, {"tno40": test_pairs, "tno_masked": train_pairs})
-    apply_overrides(dst / "params.yaml", TINY_PARAMS)
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org"]
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    compose_params(dst, ["schedule=quick", *TINY_PARAMS])
     subprocess.run(["git", "add", "-A"], cwd=dst, check=True)
     subprocess.run([*git, "commit", "-qm", "tiny project"], cwd=dst, check=True)
     return dst

@@ -12,6 +12,7 @@ key mapping off by one block (BatchNorm targets, VGG slice indices, fusion-conv 
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -161,8 +162,45 @@ def test_not_a_checkpoint_is_an_error(tmp_path):
         convert_official_checkpoint(tmp_path / "absent.pth")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(OfficialCheckpointError, match="not a readable"):
+    with pytest.raises(OfficialCheckpointError, match="not a PyTorch zip checkpoint"):
         convert_official_checkpoint(bad)
+
+
+def test_half_precision_weights_are_widened(tmp_path, official_state, converted):
+    half = {k: v.half() if v.is_floating_point() else v for k, v in official_state.items()}
+    state, _ = convert_official_checkpoint(_write(tmp_path, half))
+    for key, value in state.items():
+        assert value.dtype == converted[0][key].dtype, key
+    weight = "mam8.attention.query.weight"
+    assert torch.allclose(state[weight], converted[0][weight], atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [(torch.tensor([1, 2]), r"deconv7\.bias holds torch\.int64 values where float weights"),
+     (torch.tensor([float("nan"), 0.0]), r"deconv7\.bias holds NaN or infinite weights")],
+)  # fmt: skip
+def test_integer_or_non_finite_weights_are_refused_naming_the_tensor(
+    tmp_path, official_state, bad, message
+):
+    shape = official_state["deconv7.bias"].shape
+    state = dict(official_state, **{"deconv7.bias": bad.expand(shape[0] // 2, 2).reshape(shape)})
+    with pytest.raises(OfficialCheckpointError, match=message):
+        convert_official_checkpoint(_write(tmp_path, state))
+
+
+def test_a_compressed_storage_bomb_is_refused_before_allocation(tmp_path):
+    """A few KB of deflated zeros declaring gigabytes of floats: refused from the zip."""
+    path = tmp_path / "bomb.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, tmp_path / "plain.pth")
+    with (
+        zipfile.ZipFile(tmp_path / "plain.pth") as plain,
+        zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as bomb,
+    ):
+        for info in plain.infolist():
+            bomb.writestr(info.filename, plain.read(info.filename))
+    with pytest.raises(OfficialCheckpointError, match="compressed record"):
+        convert_official_checkpoint(path)
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,7 @@ def project(tmp_path, mirror_root) -> Path:
     shutil.copytree(
         PROJECT_ROOT / "pipeline/catalogue/datasets", root / "pipeline/catalogue/datasets"
     )
+    shutil.copyfile(PROJECT_ROOT / "params.yaml", root / "params.yaml")
     rows = []
     for pair in TEST_PAIRS:
         row = {"pair_id": f"tno40/{pair}", "dataset": "tno40", "pair": pair, "split": "test"}
@@ -148,9 +149,11 @@ def test_match_score_margins_on_the_hardest_measured_cases(mirror_root):
 def test_new_pairs_wait_while_the_test_split_cannot_be_read(tmp_path):
     inbox = tmp_path / "inbox"
     (inbox / "p").mkdir(parents=True)
-    write_image(inbox / "p/ir.png", np.random.default_rng(1).random((8, 8)).astype(np.float32))
-    write_image(inbox / "p/vis.png", np.random.default_rng(2).random((8, 8)).astype(np.float32))
+    write_image(inbox / "p/ir.png", np.random.default_rng(1).random((96, 96)).astype(np.float32))
+    write_image(inbox / "p/vis.png", np.random.default_rng(2).random((96, 96)).astype(np.float32))
     pairs, _ = scan_inbox(inbox)
+    (tmp_path / "project").mkdir()
+    shutil.copyfile(PROJECT_ROOT / "params.yaml", tmp_path / "project" / "params.yaml")
     new, _, rejected = plan(pairs, tmp_path / "project")
     assert new == [] and "data/raw/index.csv is missing" in rejected["p"]
 
@@ -207,3 +210,60 @@ def test_clearing_the_inbox_deletes_only_what_was_ingested(tmp_path):
     assert (inbox / "edited/vis.png").is_file() and not (inbox / "edited/ir.png").exists()
     assert (inbox / "extra/notes.txt").read_text() == "mine"
     assert len(problems) == 4 and any("swapped: no longer a plain folder" in p for p in problems)
+
+
+def test_inverted_flipped_and_turned_test_images_are_refused(project, mirror_root, tmp_path):
+    """Black-hot for white-hot infrared, and the flips and quarter turns training applies, are
+    the same scene: refused, naming the test pair."""
+    inbox = tmp_path / "inbox"
+    cases = {
+        "inverted": lambda a: 255 - a,
+        "mirrored": np.fliplr,
+        "upside_down": np.flipud,
+        "turned": lambda a: np.rot90(a, 1),
+        "turned_inverted": lambda a: 255 - np.rot90(a, 3),
+    }
+    for name, change in cases.items():
+        ir, vis = (np.ascontiguousarray(change(_tno(mirror_root, r, "14"))) for r in ("ir", "vis"))
+        _save(inbox / name, {"ir": ir, "vis": vis})
+    pairs, rejected = scan_inbox(inbox)
+    new, _, refused = plan(pairs, project)
+    assert new == [] and set(refused) == set(cases)
+    for name, reason in refused.items():
+        assert "near-duplicate of test pair tno40/14" in reason, (name, reason)
+
+
+def test_a_pair_without_a_textured_window_is_refused_before_ingesting(project, tmp_path):
+    """The patches stage would cut no patch from it (and fail every later run)."""
+    inbox = tmp_path / "inbox"
+    _save(inbox / "flat", {"ir": np.full((200, 300), 90, np.uint8),
+                           "vis": np.full((200, 300), 140, np.uint8)})  # fmt: skip
+    _save(inbox / "tiny", {"ir": _rand_u8((40, 40), 1), "vis": _rand_u8((40, 40), 2)})
+    pairs, rejected = scan_inbox(inbox)
+    new, _, refused = plan(pairs, project)
+    assert new == [] and set(refused) == {"flat", "tiny"}
+    assert "no 64x64 window of it has texture" in refused["flat"]
+    assert "would give no training patch" in refused["tiny"]
+
+
+def test_an_inbox_over_tracked_data_is_refused(tmp_path):
+    from flows.inbox.validation import InboxError, check_inbox_location
+
+    root = tmp_path / "project"
+    (root / "incoming" / "p1").mkdir(parents=True)
+    tracked = [root / "incoming", root / "data" / "raw"]
+    for inbox in (root / "incoming", root / "incoming" / "p1", root / "data", root):
+        with pytest.raises(InboxError, match="project folder|which DVC tracks"):
+            check_inbox_location(inbox, root, tracked)
+    check_inbox_location(root / "inbox", root, tracked)  # the default is fine
+
+
+def test_a_hidden_entry_is_reported_not_skipped(tmp_path):
+    inbox = tmp_path / "inbox"
+    _save(inbox / ".cache", {"ir": _rand_u8((8, 8), 1), "vis": _rand_u8((8, 8), 2)})
+    pairs, rejected = scan_inbox(inbox)
+    assert pairs == [] and "hidden entry" in rejected[".cache"]
+
+
+def _rand_u8(shape: tuple[int, int], seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)

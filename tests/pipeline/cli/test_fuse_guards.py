@@ -233,3 +233,73 @@ def test_opaque_alpha_reads_silently(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="pipeline"):
         assert read_image(tmp_path / "opaque.png").shape == (4, 4, 3)
     assert not caplog.records
+
+
+@pytest.mark.parametrize("budget", ["inf", "nan", "1e999", "-2GB", "lots"])
+def test_bad_memory_budgets_fail_at_once(pair, tmp_path, budget):
+    ir, vis = pair
+    result = _fuse("--ir", ir, "--vis", vis, "-o", tmp_path / "o.png", "--model", "absent.pt",
+                   "--max-memory", budget)  # fmt: skip
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --max-memory: memory size"), lines
+
+
+@pytest.mark.parametrize(
+    ("model", "needle"),
+    [("s3://bucket/model", "reading s3:// needs the boto3 package, which is not installed"),
+     ("gs://bucket/model", "reading gs:// needs the google package"),
+     ("ftp://host/model.pt", "unsupported model URI"),
+     ("absent.pt", "absent.pt: no such model file")],
+)  # fmt: skip
+def test_model_sources_this_installation_cannot_read_fail_in_one_line(
+    pair, tmp_path, model, needle
+):
+    ir, vis = pair
+    result = _fuse("--ir", ir, "--vis", vis, "-o", tmp_path / "o.png", "--model", model)
+    assert result.exit_code == 1, result.output
+    _one_error_line(result, needle, "models:/<name>@<alias>")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_huge_image_is_refused_from_its_header(pair, tmp_path, model_checkpoint):
+    from tests.helpers.hostile import png_header_only
+
+    ir, _ = pair
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(30000, 30000))
+    result = _fuse("--ir", ir, "--vis", bomb, "-o", tmp_path / "o.png", "--model",
+                   model_checkpoint)  # fmt: skip
+    assert result.exit_code == 1
+    _one_error_line(result, f"{bomb}: 30000x30000 is 900.0 MP, over the limit of 100.0 MP")
+    small = _fuse("--ir", ir, "--vis", pair[1], "-o", tmp_path / "o.png", "--model",
+                  model_checkpoint, "--max-pixels", "100")  # fmt: skip
+    assert small.exit_code == 1 and "16x16 is 0.0 MP, over the limit" in small.output
+
+
+def test_folder_mode_is_all_or_nothing(tmp_path, model_checkpoint, monkeypatch):
+    """A write failing on the fourth of six pairs (a full disk) leaves the output folder as it
+    was: no fused image of this run, the earlier files untouched."""
+    from pipeline import inference
+
+    for folder in ("ir", "vis"):
+        (tmp_path / folder).mkdir()
+        for n in range(6):
+            write_image(tmp_path / folder / f"p{n}.png", _rand((16, 16), n))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "p0.png").write_bytes(b"an earlier result")
+    real, calls = inference.write_image, []
+
+    def full_disk(path, image, bits=8):
+        calls.append(path)
+        if len(calls) == 4:
+            raise ImageError(f"{path}: cannot write (No space left on device)")
+        return real(path, image, bits=bits)
+
+    monkeypatch.setattr(inference, "write_image", full_disk)
+    result = _fuse("--ir-dir", tmp_path / "ir", "--vis-dir", tmp_path / "vis", "-o", out,
+                   "--model", model_checkpoint)  # fmt: skip
+    assert result.exit_code == 1 and "No space left" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["p0.png"]
+    assert (out / "p0.png").read_bytes() == b"an earlier result"

@@ -71,9 +71,12 @@ def test_masks_stage_ir_saliency(tmp_path):
     assert np.array_equal(p1 > 0, infrared_scene(seed=0)[1])  # the manual mask, as it is
     ir0 = np.asarray(Image.open(tmp_path / "data/raw/tiny/ir/p1.png"))
     expected = mask_scores(ir_saliency(ir0), infrared_scene(seed=0)[1])
-    report = json.loads((tmp_path / "reports/masks.json").read_text())
-    assert report == summary and report["evaluated"] == 1 and report["automatic"] == 1
-    assert report["iou"] == pytest.approx(expected["iou"], abs=1e-6)
+    quality = json.loads((tmp_path / "reports/masks.json").read_text())
+    assert set(quality) == {"mask_iou", "mask_precision", "mask_recall"}  # metrics only
+    assert quality["mask_iou"] == pytest.approx(expected["iou"], abs=1e-6)
+    counts = json.loads((tmp_path / "reports/masks_summary.json").read_text())
+    assert counts["evaluated"] == 1 and counts["automatic"] == 1 and counts["manual"] == 1
+    assert summary == {**counts, **quality}
     per_image = pd.read_csv(tmp_path / "reports/masks_per_image.csv")
     assert per_image["pair_id"].tolist() == ["tiny/p1"]
     assert Image.open(tmp_path / "reports/masks_preview.png").size[0] > 100

@@ -4,6 +4,7 @@ every MLflow use (train, evaluate/register, fuse, lineage) and never touches the
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ from pipeline.tracking import experiment, pyfunc_model
 from pipeline.tracking.experiment import StoreError
 from pipeline.tracking.run_record import write_run_info
 from tests.helpers.models import CPU_FP32
-from tests.helpers.registry import make_project
+from tests.helpers.registry import log_evaluation_run, make_project
 
 METRICS = {"VIF": 0.6, "Qabf": 0.5, "SSIM": 0.7}
 
@@ -42,7 +43,9 @@ def original(tmp_path, monkeypatch) -> Path:
         config = {"vgg_weights": "random", "params_digest": params.digest()}
         info = pyfunc_model.log_model(torch.nn.Linear(2, 1), config)
     record = {"run_id": run.info.run_id, "tracking_uri": mlflow.get_tracking_uri()}
-    write_run_info({**record, "model_uri": info.model_uri}, root / "artifacts/train_run.json")
+    record.update(model_uri=info.model_uri, model_id=info.model_id, experiment_id=experiment_id)
+    write_run_info(record, root / "artifacts/train_run.json")
+    log_evaluation_run(root, record, json.loads((root / "reports/metrics.json").read_text()))
     reg.run(params, ProjectPaths(root))
     assert (root / "mlflow.db").is_file() and (root / "mlartifacts").is_dir()
     return root
