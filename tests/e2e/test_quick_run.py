@@ -57,12 +57,15 @@ def quick_project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 def test_quick_run_fills_reports_and_registers_a_champion(quick_project):
     root, _ = quick_project
     metrics = json.loads((root / "reports/metrics.json").read_text())
-    assert metrics["n_pairs"] == 21  # the TNO test split: 40 pairs minus 19 trained-on scenes
-    assert set(METRIC_NAMES) <= set(metrics)
-    assert {"average", "max", "laplacian"} <= set(metrics["baselines"])
+    assert set(METRIC_NAMES) <= set(metrics["tno40"])
+    summary = json.loads((root / "reports/evaluation/summary.json").read_text())
+    assert summary["test_pairs"]["tno40"] == 21  # 40 TNO pairs minus 19 trained-on scenes
+    comparison = json.loads((root / "reports/comparison.json").read_text())
+    assert {"average", "max", "laplacian"} <= set(comparison["tno40"])
     assert len(list((root / "reports/evaluation/gallery").glob("*.png"))) >= 1
     masks = json.loads((root / "reports/masks.json").read_text())
-    assert masks["method"] == "ir_saliency" and 0.0 < masks["iou"] <= 1.0
+    assert 0.0 < masks["mask_iou"] <= 1.0
+    assert json.loads((root / "reports/masks_summary.json").read_text())["method"] == "ir_saliency"
     registered = json.loads((root / "artifacts/registered.json").read_text())
     assert registered["alias"] == "champion"
 
