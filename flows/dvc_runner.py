@@ -57,12 +57,19 @@ class DvcResult:
         return "\n".join(self.lines[-20:])
 
 
+PROGRESS_INTERVAL_S = "30"  # a stage's progress bar: one log line per 30 s at most
+
+
 def dvc_env() -> dict[str, str]:
     """The environment for DVC and its stage commands: this interpreter's ``bin`` first on
-    PATH, so a stage's ``python -m pipeline.x`` runs in the same environment as the flow."""
+    PATH, so a stage's ``python -m pipeline.x`` runs in the same environment as the flow;
+    progress bars (tqdm) refresh at most every ``PROGRESS_INTERVAL_S`` seconds, since every
+    refresh becomes a log line (``TQDM_MININTERVAL`` in the environment wins; any non-empty
+    ``TQDM_DISABLE`` turns them off)."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("TQDM_MININTERVAL", PROGRESS_INTERVAL_S)
     return env
 
 

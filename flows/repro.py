@@ -26,18 +26,24 @@ from pipeline.core.params import PROJECT_ROOT
 from pipeline.core.paths import ProjectPaths
 from pipeline.evaluation.report import ranking_table
 from pipeline.metrics import METRIC_DIRECTION
+from pipeline.tracking.ui_links import record_links
 
 ARTIFACT_KEY = "coconet-pipeline"
 RETRIED_STAGES = ("download",)
 
 
-def metric_table(metrics: dict[str, Any]) -> str:
-    """The evaluation's ranking table for ``reports/metrics.json``: CoCoNet and each baseline."""
-    rows = {"CoCoNet": metrics, **metrics.get("baselines", {})}
+def metric_table(model: dict[str, Any], others: dict[str, Any]) -> str:
+    """The ranking table of one test set: CoCoNet's means (``reports/metrics.json``) and the
+    baselines' and references' (``reports/comparison.json``)."""
+    rows = {"CoCoNet": model, **others}
     direction = {
         m: how for m, how in METRIC_DIRECTION.items() if any(m in r for r in rows.values())
     }
     return ranking_table(rows, direction).rstrip("\n")
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def report_markdown(root: Path, stages: list[dict[str, Any]], applied: dict[str, Any]) -> str:
@@ -47,14 +53,15 @@ def report_markdown(root: Path, stages: list[dict[str, Any]], applied: dict[str,
         out.append(f"| {s['stage']} | {'ran' if s['ran'] else 'up to date'} | {s['seconds']} |")
     if applied:
         out += ["", "Parameter overrides: " + ", ".join(f"`{k}={v}`" for k, v in applied.items())]
-    metrics_path = ProjectPaths(root).metrics
-    if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
-        extra = f" on {metrics['n_pairs']} test pairs" if "n_pairs" in metrics else ""
-        out += ["", f"## Metrics (means{extra})", "", metric_table(metrics)]
-    registered_path = ProjectPaths(root).registered
-    if registered_path.is_file():
-        reg = json.loads(registered_path.read_text())
+    paths = ProjectPaths(root)
+    metrics, comparison = _read(paths.metrics) or {}, _read(paths.comparison) or {}
+    pairs = (_read(paths.evaluation / "summary.json") or {}).get("test_pairs", {})
+    for test_set, model in metrics.items():
+        count = f", {pairs[test_set]} pairs" if test_set in pairs else ""
+        out += ["", f"## Metrics: {test_set} (means{count})", ""]
+        out.append(metric_table(model, comparison.get(test_set, {})))
+    reg = _read(paths.registered)
+    if reg:
         ran = any(s["stage"] == "register" and s["ran"] for s in stages)
         out += [
             "",
@@ -63,6 +70,10 @@ def report_markdown(root: Path, stages: list[dict[str, Any]], applied: dict[str,
             f"`{reg['name']}` version **{reg['version']}** → alias **{reg['alias']}** "
             f"({reg['decision']}): {reg['reason']}",
         ]
+    links = record_links(_read(paths.run_info), _read(paths.evaluation_run), reg)
+    if links:
+        out += ["", "## In MLflow", ""]
+        out += [f"- [{label}]({url})" for label, url in links.items()]
     return "\n".join(out) + "\n"
 
 

@@ -27,7 +27,7 @@ def test_repro_stage_runs_then_skips(tiny):
 
 
 def test_metric_table_marks_directions():
-    table = metric_table({"VIF": 0.5, "Nabf": 0.1, "baselines": {"avg": {"VIF": 0.25}}})
+    table = metric_table({"VIF": 0.5, "Nabf": 0.1}, {"avg": {"VIF": 0.25}})
     assert "VIF ↑" in table and "Nabf ↓" in table
     assert "| CoCoNet | **0.5000** | **0.1000** |" in table and "| avg | 0.2500 | – |" in table
 
@@ -44,6 +44,8 @@ def test_flows_end_to_end(tiny, prefect_server, monkeypatch):
     first = run_pipeline(str(tiny))
     assert first["ran"] == ["download", "evaluate", "register"]
     assert "| CoCoNet | **0.5000** |" in first["report"] and "version **0**" in first["report"]
+    assert "## Metrics: tiny" in first["report"]
+    assert "[model version](http://127.0.0.1:5000/#/models/coconet/versions/0)" in first["report"]
     second = run_pipeline(str(tiny))
     assert second["ran"] == [] and "register was up to date" in second["report"]
 
