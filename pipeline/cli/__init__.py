@@ -12,7 +12,7 @@ from importlib.metadata import entry_points
 
 import typer
 
-from pipeline.cli import official, stages, tools  # noqa: F401  (register their commands)
+from pipeline.cli import mirror, official, stages, tools  # noqa: F401  (register commands)
 from pipeline.cli.app import app, report_warnings
 from pipeline.core.errors import CoconetError
 

@@ -5,7 +5,7 @@ MLflow run.
 Outputs (each evaluation replaces the last whole: built in a fresh folder, then swapped in):
 
 * ``reports/metrics.json`` (DVC metrics): the model's means, ``{test set: {metric: mean}}``;
-* ``reports/comparison.json`` (DVC metrics): the baselines' and references' means,
+* ``reports/comparison.json`` (a plain report): the baselines' and references' means,
   ``{test set: {method: {metric: mean}}}``;
 * ``reports/evaluation/``: ``per_image.csv``, ``report.md`` (a ranking per test set),
   ``summary.json`` (pairs, convention, placement, test-split fingerprint), ``fused/<pair>.png``
