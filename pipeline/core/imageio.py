@@ -25,8 +25,12 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     """Read an image as float32 on the 0..1 scale: HxW for grey, HxWx3 for colour, by the
     rules of :mod:`pipeline.core.decoding` (size checked from the header, scale, EXIF)."""
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image (folders go to --ir-dir/--vis-dir)")
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: an empty file (0 bytes), not an image")
     try:
         with open(path, "rb") as handle:
             return decode_image(handle, str(path), max_pixels)

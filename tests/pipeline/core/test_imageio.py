@@ -47,6 +47,12 @@ def test_colour_becomes_bt601_luma(tmp_path):
 def test_missing_and_unreadable_files_name_the_file(tmp_path):
     with pytest.raises(ImageError, match="nope.png: no such file"):
         read_image(tmp_path / "nope.png")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(ImageError, match="folder.png: is a folder, not an image"):
+        read_image(tmp_path / "folder.png")
+    (tmp_path / "empty.png").touch()
+    with pytest.raises(ImageError, match="empty.png: an empty file"):
+        read_image(tmp_path / "empty.png")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     with pytest.raises(ImageError, match="bad.png: not a readable image"):
