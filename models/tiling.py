@@ -38,8 +38,10 @@ that fits a budget. On CUDA they are only an approximation.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -61,6 +63,26 @@ MIN_TILE = PAD_MULTIPLE
 BYTES_PER_PIXEL = {torch.float32: 2400, torch.bfloat16: 1400}
 BASE_BYTES = 32 * 2**20
 IMAGE_BYTES_PER_PIXEL = 12  # padded fp32 input (2 channels) and the output
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _libc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the last tile back to the OS. glibc keeps freed heap chunks for
+    reuse, and a tile's many differently sized buffers leave its arenas fragmented: measured on
+    a 4000x3000 pair in bf16, 0.6 GB stayed resident after pass 1 and added to pass 2's peak."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
 
 # (top, bottom, left, right) in pixels of the padded image.
 Box = tuple[int, int, int, int]
@@ -122,6 +144,7 @@ def tiled_attentions(
         features = model.encode(_cut(x, crop, device))
         energies = model.attention_energies(features, _relative(interior, crop))
         del features
+        release_freed_memory()
         if not sums:
             dtypes = [energy.dtype for energy in energies]
             sums = [energy.double() for energy in energies]
@@ -152,6 +175,8 @@ def tiled_decode(
         top, bottom, left, right = interior
         rel_top, rel_bottom, rel_left, rel_right = _relative(interior, crop)
         out[..., top:bottom, left:right] = fused[..., rel_top:rel_bottom, rel_left:rel_right]
+        del fused
+        release_freed_memory()
     return out
 
 
