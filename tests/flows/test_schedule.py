@@ -104,26 +104,42 @@ def _files(root: Path, *names: str) -> dict[str, str]:
     }
 
 
-def _failing_download_rolls_back(root: Path, env: dict[str, str], empty: Path) -> None:
+def _active_runs(api: str) -> int:
+    """Flow runs the server holds as pending or running (a runner's child may outlive it)."""
+    body = json.dumps({"flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING"]}}}}).encode()
+    request = urllib.request.Request(
+        f"{api}/flow_runs/filter", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return len(json.load(response))
+
+
+def _failing_download_rolls_back(root: Path, env: dict[str, str], empty: Path, api: str) -> None:
     """`coconet retrain` with a new pair while every data file is missing (empty mirror and
     cache): the download stage fails after DVC deleted data/raw and data/weights; the retrain
     puts them, the catalogue, params and dvc.lock back and leaves the pair in the inbox."""
     from flows.retrain import lock_is_held
 
-    # a scheduled run started just before `coconet schedule` stopped may still hold the lock
-    _wait(lambda: not lock_is_held(root), 300, "the last scheduled run to end")
-    watched = ("data", "reports", "artifacts", "params.yaml", "dvc.lock", "pipeline/catalogue")
-    before = _files(root, *watched)
-    _drop_pair(root / "inbox", "drop2")
+    # a scheduled run started just before `coconet schedule` stopped may still be starting up
+    # (not yet holding the lock) or running: wait until the server has none and the lock is free
+    _wait(lambda: not _active_runs(api), 300, "the last scheduled run to end")
     empty.mkdir()
-    failed = subprocess.run(
-        [*coconet(root), "retrain"],
-        cwd=root,
-        env={**env, "COCONET_MIRROR": str(empty), "COCONET_CACHE": str(empty)},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    for _ in range(10):  # a run still starting up may take the lock first: exit 75, try again
+        _wait(lambda: not lock_is_held(root), 300, "the retrain lock to be released")
+        watched = ("data", "reports", "artifacts", "params.yaml", "dvc.lock", "pipeline/catalogue")
+        before = _files(root, *watched)
+        if not (root / "inbox/drop2").exists():
+            _drop_pair(root / "inbox", "drop2")
+        failed = subprocess.run(
+            [*coconet(root), "retrain"],
+            cwd=root,
+            env={**env, "COCONET_MIRROR": str(empty), "COCONET_CACHE": str(empty)},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        if failed.returncode != 75:
+            break
     last = failed.stderr.strip().splitlines()[-1]
     assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
     assert last.startswith("error: DvcError: dvc repro --single-item download failed"), last
@@ -189,7 +205,7 @@ def test_scheduled_retrain_registers_a_new_version(tmp_path):
             ) as response:
                 deployment = json.load(response)
             assert deployment["paused"] is False  # stopping the server process did not pause it
-            _failing_download_rolls_back(root, client_env, tmp_path / "empty")
+            _failing_download_rolls_back(root, client_env, tmp_path / "empty", api)
         finally:
             if serving is not None:
                 _stop(serving)
