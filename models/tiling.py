@@ -33,7 +33,9 @@ Memory. Peak working memory (beyond the model's weights and the caller's inputs)
 per pixel of the padded image (padded input, output). The constants were fitted to the peak
 resident set (VmHWM growth, in a fresh process each) of CPU forward passes at several sizes,
 with ``benchmarks/bench_tiling.py --fit``; ``plan_tiles`` uses them to pick the largest tile
-that fits a budget. On CUDA they are only an approximation.
+that fits a budget. On CUDA they are only an approximation. After every tile the freed heap
+goes back to the OS (:func:`release_freed_memory`), so one pass's leftovers do not add to the
+next pass's peak (``benchmarks/bench_fuse_memory.py`` checks whole ``coconet fuse`` processes).
 """
 
 from __future__ import annotations
