@@ -2,8 +2,9 @@
 
 The UI's address: ``COCONET_MLFLOW_UI_URL`` when set; else the tracking URI itself when it is
 an ``http(s)`` tracking server (the server serves the UI); else ``http://127.0.0.1:5000``, where
-``mlflow ui --backend-store-uri sqlite:///mlflow.db`` serves the embedded store. Experiment
-links ask for the classic machine-learning layout (``workflowType=machine_learning``).
+``mlflow ui --backend-store-uri sqlite:///mlflow.db`` serves the embedded store. Every link
+asks for the UI's model-training layout (``workflowType=machine_learning``; a fresh browser
+opens MLflow 3's GenAI layout otherwise).
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ def experiment_url(base: str, experiment_id: str) -> str:
 
 
 def run_url(base: str, experiment_id: str, run_id: str) -> str:
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{ML_LAYOUT}"
 
 
 def version_url(base: str, name: str, version: str | int) -> str:
-    return f"{base}/#/models/{quote(name, safe='')}/versions/{version}"
+    return f"{base}/#/models/{quote(name, safe='')}/versions/{version}?{ML_LAYOUT}"
 
 
 def record_links(

@@ -45,7 +45,10 @@ def test_flows_end_to_end(tiny, prefect_server, monkeypatch):
     assert first["ran"] == ["download", "evaluate", "register"]
     assert "| CoCoNet | **0.5000** |" in first["report"] and "version **0**" in first["report"]
     assert "## Metrics: tiny" in first["report"]
-    assert "[model version](http://127.0.0.1:5000/#/models/coconet/versions/0)" in first["report"]
+    assert (
+        "[model version](http://127.0.0.1:5000/#/models/coconet/versions/0?workflowType="
+        in first["report"]
+    )
     second = run_pipeline(str(tiny))
     assert second["ran"] == [] and "register was up to date" in second["report"]
 

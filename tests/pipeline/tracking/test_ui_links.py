@@ -5,6 +5,7 @@ from __future__ import annotations
 from pipeline.tracking.ui_links import UI_URL_ENV, record_links, ui_base
 
 TRAIN = {"run_id": "r1", "experiment_id": "7", "tracking_uri": "sqlite:////x/mlflow.db"}
+ML = "workflowType=machine_learning"  # the UI's model-training layout
 REGISTERED = {"name": "coconet", "version": "3", "tracking_uri": "sqlite:////x/mlflow.db"}
 
 
@@ -13,9 +14,9 @@ def test_embedded_store_links_to_the_local_ui(monkeypatch):
     links = record_links(TRAIN, {"run_id": "e1"}, REGISTERED)
     assert links == {
         "experiment": "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning",
-        "training run": "http://127.0.0.1:5000/#/experiments/7/runs/r1",
-        "evaluation run": "http://127.0.0.1:5000/#/experiments/7/runs/e1",
-        "model version": "http://127.0.0.1:5000/#/models/coconet/versions/3",
+        "training run": f"http://127.0.0.1:5000/#/experiments/7/runs/r1?{ML}",
+        "evaluation run": f"http://127.0.0.1:5000/#/experiments/7/runs/e1?{ML}",
+        "model version": f"http://127.0.0.1:5000/#/models/coconet/versions/3?{ML}",
     }
 
 
@@ -30,4 +31,6 @@ def test_missing_records_give_fewer_links(monkeypatch):
     monkeypatch.delenv(UI_URL_ENV, raising=False)
     assert record_links(None, None, None) == {}
     only_version = record_links(None, None, {**REGISTERED, "name": "a b"})
-    assert only_version == {"model version": "http://127.0.0.1:5000/#/models/a%20b/versions/3"}
+    assert only_version == {
+        "model version": f"http://127.0.0.1:5000/#/models/a%20b/versions/3?{ML}"
+    }
