@@ -3,8 +3,9 @@
 A checkpoint holds the model and optimiser state, the epoch and phase reached, the loss
 history, and the RNG states of torch (CPU and CUDA), numpy and Python's ``random`` stored as
 tensors and plain values, so loading never unpickles arbitrary objects. It also holds a
-fingerprint (train+model params digest, the patches file hash and the objective's term names):
-a checkpoint made with other params, data or loss terms is ignored.
+fingerprint (train+model params digest, the patches file hash, the objective's term names and
+a digest of the code that shapes the weights): a checkpoint made with other params, data, loss
+terms or training code is ignored, so a changed loss or network never resumes old weights.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import torch
 
 from models.weights_file import check_weights_file
 from pipeline.core.atomic import atomic_path
-from pipeline.core.params import Params
+from pipeline.core.params import PROJECT_ROOT, Params
 
 CHECKPOINT_PATTERN = re.compile(r"epoch_(\d+)\.pt$")
+TRAINING_CODE = ("models", "pipeline/training", "pipeline/data")  # what shapes the weights
 
 
 def params_digest(params: Params) -> str:
@@ -39,13 +41,24 @@ def file_md5(path: str | Path) -> str:
     return pooch.file_hash(str(path), alg="md5")
 
 
+def code_digest(root: Path = PROJECT_ROOT) -> str:
+    """sha256 of the Python sources under ``TRAINING_CODE`` (paths and bytes, sorted)."""
+    digest = hashlib.sha256()
+    for folder in TRAINING_CODE:
+        for path in sorted((root / folder).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def fingerprint(params: Params, patches_path: str | Path, terms: Sequence[str]) -> dict[str, str]:
-    """What a checkpoint must match to be resumed: the params, the patches and the objective's
-    terms (the loss history's columns)."""
+    """What a checkpoint must match to be resumed: the params, the patches, the objective's
+    terms (the loss history's columns) and the training code."""
     return {
         "params": params_digest(params),
         "patches_md5": file_md5(patches_path),
         "terms": ",".join(terms),
+        "code": code_digest(),
     }
 
 

@@ -138,6 +138,9 @@ def test_checkpoint_of_other_params_or_data_is_not_resumed(project, tiny_params,
     state, message = checkpoint.find_resumable(project.checkpoints, other_params)
     assert state is None and "different params" in message
 
+    state, message = checkpoint.find_resumable(project.checkpoints, expected | {"code": "0"})
+    assert state is None and "different code" in message  # a changed loss or network
+
     write_patches(project.patches, seed=1)
     state, message = checkpoint.find_resumable(project.checkpoints, expected | {"patches_md5": "0"})
     assert state is None and "different patches_md5" in message
@@ -145,6 +148,19 @@ def test_checkpoint_of_other_params_or_data_is_not_resumed(project, tiny_params,
     capsys.readouterr()
     train.run(params, project)  # new data: trains from scratch
     assert "starting fresh" in capsys.readouterr().out
+
+
+def test_code_digest_follows_the_training_code(tmp_path):
+    for folder in checkpoint.TRAINING_CODE:
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "a.py").write_text("x = 1\n")
+    first = checkpoint.code_digest(tmp_path)
+    assert checkpoint.code_digest(tmp_path) == first
+    (tmp_path / "models" / "a.py").write_text("x = 2\n")
+    assert checkpoint.code_digest(tmp_path) != first
+    (tmp_path / "models" / "a.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("not code")  # outside the training code: no change
+    assert checkpoint.code_digest(tmp_path) == first
 
 
 def test_rng_state_round_trips_through_weights_only_load(tmp_path):
