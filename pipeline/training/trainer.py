@@ -210,13 +210,19 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
     terms = trainer.terms
     expected = fingerprint(params, paths.patches, terms)
     state, message = find_resumable(paths.checkpoints, expected)
+    total_epochs = tp.phase1_epochs + tp.phase2_epochs
+    if state is not None and int(state["epoch"]) >= total_epochs:  # its run has ended
+        state = None
+        message = (
+            f"the latest checkpoint completed all {total_epochs} epochs and its MLflow run has "
+            "ended (a finished run is never reopened): starting fresh"
+        )
     start_epoch, step, history, run_id = 0, 0, [], None
     if state is not None:
         trainer.load_state(state)
         start_epoch, step = int(state["epoch"]), int(state["step"])
         history = state["history"].tolist()
         run_id = state.get("run_id")
-    total_epochs = tp.phase1_epochs + tp.phase2_epochs
     steps_per_epoch = trainer.steps_per_epoch()
 
     placement = runtime.placement

@@ -127,7 +127,10 @@ def test_resume_after_crash_matches_uninterrupted_run(
 
 def test_checkpoint_of_other_params_or_data_is_not_resumed(project, tiny_params, capsys):
     params = tiny_params(phase2_epochs=0)
-    train.run(params, project)
+    first = train.run(params, project)
+    capsys.readouterr()
+    again = train.run(params, project)  # a complete checkpoint: its finished run stays closed
+    assert "completed all" in capsys.readouterr().out and again["run_id"] != first["run_id"]
     expected = checkpoint.fingerprint(params, project.patches, FusionObjective.names)
     state, message = checkpoint.find_resumable(project.checkpoints, expected)
     assert state is not None and "resuming" in message
