@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from models.coconet import CoCoNet
 from pipeline.catalogue import load_weights, url_key
 from pipeline.catalogue import loader as catalogue
 from pipeline.catalogue.fetch import DownloadError, git_blob_id
@@ -91,3 +92,17 @@ def test_a_file_with_another_blob_id_is_refused_and_not_kept(mirrored_official, 
     with pytest.raises(DownloadError, match="git blob id .* does not match"):
         load_fusion_model("official", CPU_FP32)
     assert not any(p.is_file() for p in (tmp_path / "cache").rglob("latest.pth"))
+
+
+@needs_shared
+def test_a_file_planted_in_the_converted_cache_is_not_used(mirrored_official, tmp_path):
+    pair = np.load(SHARED / "pair.npz")
+    load_fusion_model("official", CPU_FP32)  # converts once into the cache
+    (cached,) = (tmp_path / "cache" / "converted").glob("coconet_official-*.pt")
+    torch.manual_seed(1)
+    planted = CoCoNet(vgg_weights="random").eval()
+    torch.save({"state_dict": planted.state_dict(), "vgg_weights": "random"}, cached)
+    model = load_fusion_model("official", CPU_FP32)  # re-verified: converted afresh
+    with torch.inference_mode():
+        fused = model(torch.from_numpy(pair["vis"]), torch.from_numpy(pair["ir"]))
+    assert float((fused - torch.from_numpy(pair["fused"])).abs().max()) < 1e-4
