@@ -28,9 +28,9 @@ from pipeline.core.imageio import read_image, to_grey
 def score(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
     """R² of the least-squares fit of the fused image by the two sources and a constant."""
     y = to_grey(fused).astype(np.float64).ravel()
-    design = np.stack(
-        [to_grey(ir).ravel(), to_grey(vis).ravel(), np.ones(y.size)], axis=1
-    ).astype(np.float64)
+    design = np.stack([to_grey(ir).ravel(), to_grey(vis).ravel(), np.ones(y.size)], axis=1).astype(
+        np.float64
+    )
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
     residual = y - design @ coef
     return float(1.0 - residual @ residual / max(float(((y - y.mean()) ** 2).sum()), 1e-12))
