@@ -18,7 +18,7 @@ INDEX_COLUMNS = [
     *("ir_url", "vis_url", "mask_url", "ir_sha256", "vis_sha256", "mask_sha256"),
 ]
 # ``data/raw/published.csv``: published fusions of downloaded pairs (pipeline/catalogue/published)
-PUBLISHED_COLUMNS = ["published", "label", "pair_id", "fused", "url", "sha256", "method"]
+PUBLISHED_INDEX_COLUMNS = ["published", "label", "pair_id", "fused", "url", "sha256", "method"]
 
 
 def read_index(path: Path) -> list[dict[str, str]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.catalogue.index import PUBLISHED_COLUMNS
+from pipeline.catalogue.index import PUBLISHED_INDEX_COLUMNS
 from pipeline.core.errors import InputError
 from pipeline.core.ordering import natural_key
 
@@ -48,7 +48,7 @@ def published_views(path: Path, test: pd.DataFrame, mark: str) -> list[Published
     if not path.is_file():
         return []
     rows = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = set(PUBLISHED_COLUMNS) - set(rows.columns)
+    missing = set(PUBLISHED_INDEX_COLUMNS) - set(rows.columns)
     if missing:
         raise InputError(f"{path}: missing columns {', '.join(sorted(missing))}")
     test_set_of = dict(zip(test["pair_id"], test["dataset"], strict=True))

@@ -37,7 +37,7 @@ from pipeline.catalogue.fetch import (  # noqa: F401  (re-exported for the stage
     resolve_mirror,
     source_url,
 )
-from pipeline.catalogue.index import INDEX_COLUMNS, PUBLISHED_COLUMNS
+from pipeline.catalogue.index import INDEX_COLUMNS, PUBLISHED_INDEX_COLUMNS
 from pipeline.catalogue.published import Published, load_published
 from pipeline.core.imageio import read_image, to_grey, to_uint8
 from pipeline.core.params import DownloadParams, Params
@@ -214,7 +214,7 @@ def published_rows(
                 "method": f.method,
             }
         )
-    return pd.DataFrame(rows, columns=PUBLISHED_COLUMNS)
+    return pd.DataFrame(rows, columns=PUBLISHED_INDEX_COLUMNS)
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
