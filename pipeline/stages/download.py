@@ -187,12 +187,13 @@ def convert_pair(
 
 
 def published_rows(
-    published: list[Published], datasets: list[str], mirror: str | None, workers: int,
+    published: list[Published], datasets: list[Dataset], mirror: str | None, workers: int,
     retries: int, out: Path,
 ) -> pd.DataFrame:  # fmt: skip
     """Fetch the published fusions of downloaded pairs, write them as grey PNG under
     ``out/published/<set>/<dataset>/<pair>.png`` and return their rows."""
-    wanted = [(p, f) for p in published for f in p.files if f.dataset in datasets]
+    pair_ids = {f"{d.name}/{pair}" for d in datasets for pair in d.pairs()}
+    wanted = [(p, f) for p in published for f in p.files if f.pair_id in pair_ids]
     requests = {f.key: Request(f.key, f.url, f"sha256:{f.sha256}") for _, f in wanted}
     cached = fetch_all(
         requests.values(), cache_dir(), mirror, workers=workers, retries=retries, desc="published"
@@ -255,7 +256,7 @@ def run(params: Params, paths: ProjectPaths) -> pd.DataFrame:
         index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
         index.to_csv(raw_tmp / "index.csv", index=False)
         published = [load_published(name) for name in p.published]
-        published_rows(published, p.datasets, mirror, p.workers, p.retries, raw_tmp).to_csv(
+        published_rows(published, datasets, mirror, p.workers, p.retries, raw_tmp).to_csv(
             raw_tmp / "published.csv", index=False
         )
         (weights_tmp / "README.txt").write_text(
