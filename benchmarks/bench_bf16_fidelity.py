@@ -10,7 +10,7 @@ the worst pair's), then ``met`` or ``MISSED``. ``--fp32-modules`` names submodul
 ``dec1``, ``mam2``) to run in fp32 inside the bf16 pass: where bf16 loses the precision.
 
     uv run python benchmarks/bench_bf16_fidelity.py --model artifacts/model.pt [--test-set tno40]
-        [--limit 2] [--device cpu] [--fp32-modules out dec1]
+        [--limit 2] [--device cpu] [--pairs 38] [--fp32-modules out dec1]
 """
 
 from __future__ import annotations
@@ -45,11 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-memory", default="8GB")
     parser.add_argument("--max-pairs", type=int, default=None)
+    parser.add_argument("--pairs", nargs="*", default=[], help="only these pair names")
     parser.add_argument("--fp32-modules", nargs="*", default=[])
     args = parser.parse_args(argv)
 
     test = load_test_split(args.root / "data/raw/index.csv", per_set={})
     test = test[test["dataset"] == args.test_set].head(args.max_pairs or len(test))
+    if args.pairs:
+        test = test[test["pair"].isin(args.pairs)]
     fp32 = place(args.device, "fp32", args.max_memory)
     bf16 = place(args.device, "bf16", args.max_memory)
     model = load_fusion_model(args.model, fp32, args.root)
