@@ -1,13 +1,25 @@
-"""Keeping chosen submodules in fp32 under autocast: where bf16 would cost output precision."""
+"""Where the network computes in fp32 under bf16 autocast: the attention energies
+(``models.attention``), the full-resolution decoder tail at inference (``models.coconet``), and,
+for measuring, any submodule by name (:func:`keep_fp32`, ``benchmarks/bench_bf16_fidelity.py``).
+"""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from torch import nn
+
+
+def without_autocast(device_type: str) -> AbstractContextManager:
+    """Turn autocast off where it is on (what runs inside computes in its inputs' dtype)."""
+    available = torch.amp.autocast_mode.is_autocast_available(device_type)
+    if available and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()
 
 
 def _to_fp32(value: Any) -> Any:
