@@ -309,7 +309,7 @@ def test_every_test_set_and_the_published_view_with_its_pair_count(trained, tmp_
     per_image = pd.read_csv(paths.evaluation / "per_image.csv")
     on_nine = per_image[per_image.pair_id == "tno40/9"].set_index("method")
     for method, values in means[view].items():  # the view is exactly pair 9
-        assert values["VIF"] == pytest.approx(on_nine.loc[method, "VIF"], rel=1e-6)
+        assert values["VIF"] == pytest.approx(on_nine.loc[method, "VIF"], rel=1e-5)  # %.6g CSV
     assert set(per_image.pair_id) == {"tno40/21", "tno40/26", "tno40/9",
                                       "roadscene/FLIR_00006", "m3fd/00042"}  # fmt: skip
     assert set(json.loads(paths.metrics.read_text())) == set(means)
