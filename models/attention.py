@@ -9,11 +9,12 @@ matrix). ``forward`` is the three in a row, the network's one implementation of 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from itertools import groupby
 
 import torch
 from torch import nn
+
+from models.precision import without_autocast
 
 # (top, bottom, left, right) of a window, in pixels of the feature map it is applied to.
 Window = tuple[int, int, int, int]
@@ -31,14 +32,6 @@ def stacked_conv(conv: nn.Module, x: Stacked) -> torch.Tensor:
         return conv(torch.cat(list(x)))
     runs = [torch.cat(list(run)) for _, run in groupby(x, key=lambda part: part.requires_grad)]
     return torch.cat([conv(run) for run in runs])
-
-
-def _without_autocast(device_type: str):
-    """Turn autocast off (the energy is summed in fp32 even under bf16 autocast)."""
-    available = torch.amp.autocast_mode.is_autocast_available(device_type)
-    if available and torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return nullcontext()
 
 
 class ChannelAttention(nn.Module):
@@ -69,7 +62,7 @@ class ChannelAttention(nn.Module):
             q, k = q[..., top:bottom, left:right], k[..., top:bottom, left:right]
         batch, channels = q.shape[:2]
         dtype = torch.promote_types(q.dtype, torch.float32)
-        with _without_autocast(q.device.type):
+        with without_autocast(q.device.type):
             q = q.reshape(batch, channels, -1).to(dtype)
             k = k.reshape(batch, channels, -1).to(dtype)
             return torch.bmm(q, k.transpose(1, 2))
@@ -77,7 +70,7 @@ class ChannelAttention(nn.Module):
     @staticmethod
     def attention_from_energy(energy: torch.Tensor) -> torch.Tensor:
         """``softmax(rowmax(E) - E)`` over the last dimension, in the energy's dtype."""
-        with _without_autocast(energy.device.type):
+        with without_autocast(energy.device.type):
             return torch.softmax(energy.amax(dim=-1, keepdim=True) - energy, dim=-1)
 
     def attend(self, x: Stacked, attention: torch.Tensor) -> torch.Tensor:

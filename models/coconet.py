@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import MultiLevelAttention, Window
+from models.precision import without_autocast
 from models.vgg import VGG19Features
 
 PAD_MULTIPLE = 16
@@ -171,8 +172,14 @@ class CoCoNet(nn.Module):
         d8 = self.bottleneck(self.mam8(*features.eighth, attention=att8))
         d4 = self.dec4(torch.cat([self.up4(d8), self.mam4(*features.quarter, attention=att4)], 1))
         d2 = self.dec2(torch.cat([self.up2(d4), self.mam2(*features.half, attention=att2)], 1))
-        d1 = self.dec1(torch.cat([self.up1(d2), features.full], dim=1))
-        return torch.tanh(self.out(d1))
+        tail = torch.cat([self.up1(d2), features.full], dim=1)
+        if self.training:
+            return torch.tanh(self.out(self.dec1(tail)))
+        # At inference the full-resolution tail (dec1, out, tanh) runs in fp32 even under bf16
+        # autocast: bf16 there alone puts single pixels 3 grey levels from fp32 (README
+        # "Fidelity"); training keeps autocast's choice.
+        with without_autocast(tail.device.type):
+            return torch.tanh(self.out(self.dec1(tail.float())))
 
     def trainable_parameters(self) -> int:
         """Number of parameters the optimiser updates (VGG excluded)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +17,8 @@ INDEX_COLUMNS = [
     *("pair_id", "dataset", "pair", "split", "width", "height", "ir", "vis", "mask"),
     *("ir_url", "vis_url", "mask_url", "ir_sha256", "vis_sha256", "mask_sha256"),
 ]
+# ``data/raw/published.csv``: published fusions of downloaded pairs (pipeline/catalogue/published)
+PUBLISHED_INDEX_COLUMNS = ["published", "label", "pair_id", "fused", "url", "sha256", "method"]
 
 
 def read_index(path: Path) -> list[dict[str, str]]:
@@ -34,9 +37,11 @@ def dataset_counts(rows: list[dict[str, str]]) -> dict[str, dict[str, int]]:
     return {name: dict(sorted(c.items())) for name, c in sorted(counts.items())}
 
 
-def load_test_split(index_path: Path, max_pairs: int | None = None) -> pd.DataFrame:
+def load_test_split(
+    index_path: Path, max_pairs: int | None = None, per_set: Mapping[str, int] | None = None
+) -> pd.DataFrame:
     """The test split of ``data/raw/index.csv``, in natural pair order, each test set (dataset)
-    capped at ``max_pairs``."""
+    capped at ``per_set[test set]``, else at ``max_pairs``."""
     if not index_path.is_file():
         raise FileNotFoundError(
             f"{index_path}: no dataset index; run the download stage first (dvc repro download)"
@@ -50,8 +55,11 @@ def load_test_split(index_path: Path, max_pairs: int | None = None) -> pd.DataFr
         raise InputError(f"{index_path}: no pair has split == test")
     order = sorted(range(len(test)), key=lambda i: natural_key(test["pair_id"].iloc[i]))
     test = test.iloc[order]
-    if max_pairs:
-        test = test.groupby("dataset", sort=False, group_keys=False).head(max_pairs)
+    per_set = per_set or {}
+    if max_pairs or per_set:
+        rank = test.groupby("dataset", sort=False).cumcount()
+        cap = test["dataset"].map(lambda d: per_set.get(d, max_pairs) or len(test))
+        test = test[rank < cap]
     return test.reset_index(drop=True)
 
 

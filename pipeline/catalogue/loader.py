@@ -27,7 +27,7 @@ CATALOGUE_DIR = Path(__file__).resolve().parent
 DATASETS_DIR = CATALOGUE_DIR / "datasets"
 WEIGHTS_FILE = CATALOGUE_DIR / "weights.yaml"
 ROLES = ("ir", "vis", "mask")
-SPLITS = ("train", "test", "unused")
+SPLITS = ("train", "val", "test", "unused")  # val: held out for model selection, never a test
 TSV_COLUMNS = ("pair", "role", "url", "sha256", "bytes")
 
 
@@ -63,6 +63,8 @@ class Dataset:
     files: tuple[CatalogueFile, ...]
     excluded: dict[str, str] = field(default_factory=dict)  # pair -> split (e.g. unused)
     local: bool = False  # files are project-relative paths, not URLs
+    reasons: dict[str, str] = field(default_factory=dict)  # pair -> why it left the split
+    notes: tuple[str, ...] = ()  # what an evaluation report on this dataset must say
 
     def pairs(self) -> dict[str, dict[str, CatalogueFile]]:
         """Files grouped by pair name, sorted naturally (2 before 10)."""
@@ -145,15 +147,39 @@ def write_files_tsv(path: Path, files: Iterable[CatalogueFile]) -> Path:
     return path
 
 
-def _excluded_pairs(rule: dict, entry: Path) -> dict[str, str]:
-    table = CATALOGUE_DIR / rule["table"]
-    pattern = re.compile(rule["pattern"])
-    split = rule.get("split", "unused")
-    if split not in SPLITS:
-        raise CatalogueError(f"{entry}: exclude.split must be one of {SPLITS}")
-    with table.open(newline="") as handle:
-        values = [row[rule["column"]] for row in csv.DictReader(handle, delimiter="\t")]
-    return {m["pair"]: split for v in values if (m := pattern.match(v))}
+def _rule_pairs(rule: dict, names: list[str], entry: Path) -> list[str]:
+    """The pairs one ``exclude`` rule names: from a table column, a list, or every Nth pair."""
+    if "table" in rule:
+        pattern = re.compile(rule["pattern"])
+        with (CATALOGUE_DIR / rule["table"]).open(newline="") as handle:
+            values = [row[rule["column"]] for row in csv.DictReader(handle, delimiter="\t")]
+        return [m["pair"] for v in values if (m := pattern.match(v))]
+    if "pairs" in rule:
+        unknown = sorted(set(map(str, rule["pairs"])) - set(names))
+        if unknown:
+            raise CatalogueError(f"{entry}: exclude names unknown pairs {unknown}")
+        return [str(p) for p in rule["pairs"]]
+    if "every" in rule:  # every Nth pair in natural name order, from the offset-th (0-based)
+        return names[int(rule.get("offset", 0)) :: int(rule["every"])]
+    raise CatalogueError(f"{entry}: an exclude rule needs table, pairs or every")
+
+
+def _excluded_pairs(
+    rules: dict | list[dict], names: list[str], entry: Path
+) -> tuple[dict[str, str], dict[str, str]]:
+    """``exclude`` (one rule or a list, applied in order, the first naming a pair wins):
+    pair -> split, and pair -> reason."""
+    splits: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    for rule in [rules] if isinstance(rules, dict) else rules:
+        split = rule.get("split", "unused")
+        if split not in SPLITS:
+            raise CatalogueError(f"{entry}: exclude.split must be one of {SPLITS}")
+        for pair in _rule_pairs(rule, names, entry):
+            if pair not in splits:
+                splits[pair] = split
+                reasons[pair] = rule.get("reason", "")
+    return splits, reasons
 
 
 def load_dataset(name: str) -> Dataset:
@@ -166,6 +192,8 @@ def load_dataset(name: str) -> Dataset:
     if meta.get("split") not in ("train", "test"):
         raise CatalogueError(f"{entry}: split must be train or test")
     files = read_files_tsv(entry.parent / meta["files"])
+    names = sorted({f.pair for f in files}, key=natural_key)
+    excluded, reasons = _excluded_pairs(meta.get("exclude") or [], names, entry)
     dataset = Dataset(
         name=name,
         description=meta.get("description", ""),
@@ -173,8 +201,10 @@ def load_dataset(name: str) -> Dataset:
         licence=meta.get("licence", ""),
         split=meta["split"],
         files=files,
-        excluded=_excluded_pairs(meta["exclude"], entry) if meta.get("exclude") else {},
+        excluded=excluded,
         local=bool(meta.get("local", False)),
+        reasons=reasons,
+        notes=tuple(str(n) for n in meta.get("notes", ())),
     )
     incomplete = [p for p, roles in dataset.pairs().items() if not {"ir", "vis"} <= set(roles)]
     if incomplete:

@@ -39,7 +39,8 @@ class TrackingParams(_Section):
 
 
 class DownloadParams(_Section):
-    datasets: list[str] = ["tno40", "tno_masked", "roadscene"]
+    datasets: list[str] = ["tno40", "tno_masked", "roadscene", "m3fd"]
+    published: list[str] = ["coconet_authors"]
     mirror: str = ""
     workers: int = Field(8, ge=1)
     retries: int = Field(3, ge=0)
@@ -107,6 +108,7 @@ class TrainParams(_Section):
 class EvaluateParams(_Section):
     convention: Convention = Convention.matlab
     max_pairs: int | None = Field(None, ge=1)
+    max_pairs_per_set: dict[str, int] = {}  # test set -> cap, over max_pairs (quick schedule)
     gallery_pairs: int = Field(8, ge=0)
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     device: Device = Device.auto

@@ -26,6 +26,10 @@ class ProjectPaths:
         return self.raw / "index.csv"
 
     @property
+    def published_index(self) -> Path:
+        return self.raw / "published.csv"
+
+    @property
     def weights(self) -> Path:
         return self.data / "weights"
 

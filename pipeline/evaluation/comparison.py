@@ -1,5 +1,6 @@
-"""Scoring every fusion method on every test pair: the per-image rows, the means per test set,
-the fused images and a labelled gallery strip for the first pairs of each test set."""
+"""Scoring every fusion method on every test pair: the per-image rows, the means per test set
+(and per view: a test set's pairs that a published set covers), the fused images and a labelled
+gallery strip for the first pairs of each test set."""
 
 from __future__ import annotations
 
@@ -28,21 +29,31 @@ class Scores:
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, list[float]] = field(default_factory=dict)
     gallery: list[str] = field(default_factory=list)
+    partial: set[str] = field(default_factory=set)  # methods scored only on some pairs
 
     def per_image(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["pair_id", "dataset", "method", *METRIC_NAMES])
 
-    def means(self) -> dict[str, dict[str, dict[str, float]]]:
-        """``{test set: {method: {metric: mean}}}`` (NaN only where a metric is undefined)."""
-        out: dict[str, dict[str, dict[str, float]]] = {}
+    def _means(self, keep: Callable[[dict[str, Any]], bool]) -> dict[str, dict[str, float]]:
+        picked: dict[str, list[dict[str, Any]]] = {}
         for row in self.rows:
-            out.setdefault(row["dataset"], {}).setdefault(row["method"], {})
-        for test_set, methods in out.items():
-            for method in methods:
-                picked = (
-                    r for r in self.rows if r["dataset"] == test_set and r["method"] == method
-                )
-                methods[method] = mean_metrics(picked)
+            if keep(row):
+                picked.setdefault(row["method"], []).append(row)
+        return {method: mean_metrics(rows) for method, rows in picked.items()}
+
+    def means(
+        self, views: Mapping[str, set[str]] | None = None
+    ) -> dict[str, dict[str, dict[str, float]]]:
+        """``{test set: {method: {metric: mean}}}`` (NaN only where a metric is undefined):
+        every test set without the partial methods, then every view (name -> pair ids) with
+        all methods on exactly its pairs."""
+        test_sets = dict.fromkeys(row["dataset"] for row in self.rows)
+        out = {
+            s: self._means(lambda r, s=s: r["dataset"] == s and r["method"] not in self.partial)
+            for s in test_sets
+        }
+        for view, pair_ids in (views or {}).items():
+            out[view] = self._means(lambda r, ids=pair_ids: r["pair_id"] in ids)
         return out
 
     def mean_seconds(self) -> dict[str, float]:
@@ -59,10 +70,14 @@ def score_pairs(
     gallery_pairs: int,
     saved_method: str,
     max_pixels: int,
+    published: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Scores:
-    """Fuse and score every test pair with every method; ``saved_method``'s fused images go to
-    ``out/fused``, gallery strips of each test set's first ``gallery_pairs`` to ``out/gallery``."""
-    scores = Scores(seconds={m: [] for m in methods})
+    """Fuse and score every test pair with every method, and score the ``published`` images
+    (method -> {pair_id: project-relative file}) of the pairs they cover; ``saved_method``'s
+    fused images go to ``out/fused``, gallery strips of each test set's first ``gallery_pairs``
+    to ``out/gallery``."""
+    published = published or {}
+    scores = Scores(seconds={m: [] for m in methods}, partial=set(published))
     shown: dict[str, int] = {}
     pairs = list(zip(test.itertuples(index=False), names, strict=True))
     for pair, name in tqdm(pairs, desc="evaluate", unit="pair"):
@@ -75,7 +90,13 @@ def score_pairs(
             tic = time.perf_counter()
             fused_by_method[method] = fuse(vis, ir)
             scores.seconds[method].append(time.perf_counter() - tic)
-            metrics = compute_metrics(ir, vis, fused_by_method[method], convention=convention)
+        for method, files in published.items():
+            if pair.pair_id in files:
+                fused_by_method[method] = read_image(root / files[pair.pair_id], max_pixels)
+                if fused_by_method[method].shape[:2] != ir.shape[:2]:
+                    raise ImageError(f"{files[pair.pair_id]}: size differs from {pair.ir}")
+        for method, fused in fused_by_method.items():
+            metrics = compute_metrics(ir, vis, fused, convention=convention)
             scores.rows.append(
                 {"pair_id": pair.pair_id, "dataset": pair.dataset, "method": method, **metrics}
             )

@@ -74,7 +74,11 @@ def evaluation_fingerprint(rows: list[dict[str, str]], params: Params) -> str:
         if r["split"] == "test"
     )
     lines = [" ".join(t) for t in test]
-    lines.append(f"convention={params.evaluate.convention} max_pairs={params.evaluate.max_pairs}")
+    ep = params.evaluate
+    caps = ",".join(f"{k}:{v}" for k, v in sorted(ep.max_pairs_per_set.items()))
+    lines.append(f"convention={ep.convention} max_pairs={ep.max_pairs}")
+    if caps:  # absent when unset: fingerprints of earlier evaluations stay valid
+        lines[-1] += f" caps={caps}"
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 

@@ -5,9 +5,11 @@ back-off, atomic renames, a cache keyed ``HOST/PATH``, mirrors), several at once
 progress bar.
 
 Outputs: ``data/raw/<dataset>/{ir,vis,mask}/<pair>.png`` (8-bit; grey, colour visible images
-keep colour), ``data/raw/index.csv`` and ``data/weights`` (SAM checkpoint, the authors' CoCoNet
-converted, README.txt); the VGG-19 file goes to torchvision's cache. Both folders are built
-aside and renamed at the end.
+keep colour; an infrared image stored as colour becomes grey: one channel where the channels are
+equal, else BT.601 luma), ``data/raw/index.csv``, the published fusions of downloaded pairs
+(``data/raw/published/<set>/<dataset>/<pair>.png``, listed in ``data/raw/published.csv``) and
+``data/weights`` (SAM checkpoint, the authors' CoCoNet converted, README.txt); the VGG-19 file
+goes to torchvision's cache. Both folders are built aside and renamed at the end.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from pipeline.catalogue.fetch import (  # noqa: F401  (re-exported for the stage
     resolve_mirror,
     source_url,
 )
-from pipeline.catalogue.index import INDEX_COLUMNS
+from pipeline.catalogue.index import INDEX_COLUMNS, PUBLISHED_INDEX_COLUMNS
+from pipeline.catalogue.published import Published, load_published
 from pipeline.core.imageio import read_image, to_grey, to_uint8
 from pipeline.core.params import DownloadParams, Params
 from pipeline.core.paths import ProjectPaths
@@ -183,6 +186,38 @@ def convert_pair(
     return row
 
 
+def published_rows(
+    published: list[Published], datasets: list[Dataset], mirror: str | None, workers: int,
+    retries: int, out: Path,
+) -> pd.DataFrame:  # fmt: skip
+    """Fetch the published fusions of downloaded pairs, write them as grey PNG under
+    ``out/published/<set>/<dataset>/<pair>.png`` and return their rows."""
+    pair_ids = {f"{d.name}/{pair}" for d in datasets for pair in d.pairs()}
+    wanted = [(p, f) for p in published for f in p.files if f.pair_id in pair_ids]
+    requests = {f.key: Request(f.key, f.url, f"sha256:{f.sha256}") for _, f in wanted}
+    cached = fetch_all(
+        requests.values(), cache_dir(), mirror, workers=workers, retries=retries, desc="published"
+    )
+    rows = []
+    for pub, f in wanted:
+        rel = Path("published") / pub.name / f.dataset / f"{f.pair}.png"
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        image = _normalise(read_image(cached[f.key]), keep_colour=False)
+        Image.fromarray(image).save(out / rel, format="PNG", compress_level=1)
+        rows.append(
+            {
+                "published": pub.name,
+                "label": pub.label,
+                "pair_id": f.pair_id,
+                "fused": (ProjectPaths(Path()).raw / rel).as_posix(),
+                "url": f.url,
+                "sha256": f.sha256,
+                "method": f.method,
+            }
+        )
+    return pd.DataFrame(rows, columns=PUBLISHED_INDEX_COLUMNS)
+
+
 def _replace_dir(tmp: Path, target: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
@@ -220,6 +255,10 @@ def run(params: Params, paths: ProjectPaths) -> pd.DataFrame:
             )
         index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
         index.to_csv(raw_tmp / "index.csv", index=False)
+        published = [load_published(name) for name in p.published]
+        published_rows(published, datasets, mirror, p.workers, p.retries, raw_tmp).to_csv(
+            raw_tmp / "published.csv", index=False
+        )
         (weights_tmp / "README.txt").write_text(
             "Weights fetched by the download stage (params download.vgg19 / download.sam):\n"
             + "\n".join(readme)

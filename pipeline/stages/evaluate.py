@@ -7,6 +7,9 @@ Outputs (each evaluation replaces the last whole: built in a fresh folder, then 
 * ``reports/metrics.json`` (DVC metrics): the model's means, ``{test set: {metric: mean}}``;
 * ``reports/comparison.json`` (a plain report): the baselines' and references' means,
   ``{test set: {method: {metric: mean}}}``;
+* views ``<test set>:<published set>`` in both: every method on just the test pairs a published
+  set (e.g. the authors' released fusions, a marked reference row) covers, with the pair count in
+  ``summary.json`` and the report;
 * ``reports/evaluation/``: ``per_image.csv``, ``report.md`` (a ranking per test set),
   ``summary.json`` (pairs, convention, placement, test-split fingerprint), ``fused/<pair>.png``
   (the model's images, to rescore with ``coconet metrics``), ``gallery/<pair>.png``;
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from models.coconet import CoCoNet
+from pipeline.catalogue import CatalogueError, load_dataset
 from pipeline.catalogue.index import load_test_split, output_names, read_index
 from pipeline.core.atomic import atomic_path, write_json
 from pipeline.core.errors import InputError
@@ -35,6 +39,7 @@ from pipeline.core.stage import stage_main
 from pipeline.evaluation.baselines import BASELINES
 from pipeline.evaluation.comparison import clean, score_pairs
 from pipeline.evaluation.promotion import evaluation_fingerprint
+from pipeline.evaluation.published import PublishedView, published_views
 from pipeline.evaluation.report import write_report
 from pipeline.fusion import fuse_arrays
 from pipeline.inference import load_fusion_model
@@ -84,6 +89,20 @@ def load_references(
     return models
 
 
+def report_notes(test_sets: list[str], views: list[PublishedView]) -> dict[str, list[str]]:
+    """What the report says under each table: the catalogue's notes on a test set (e.g.
+    near-duplicate pairs), and what each view was scored on."""
+    notes: dict[str, list[str]] = {}
+    for test_set in test_sets:
+        try:
+            notes[test_set] = list(load_dataset(test_set).notes)
+        except CatalogueError:  # a test set without a catalogue entry has no notes
+            notes[test_set] = []
+    for view in views:
+        notes[view.key] = [view.note()]
+    return notes
+
+
 def _staging(target: Path) -> Path:
     """An empty folder beside ``target`` to build the outputs in."""
     staging = target.with_name(f".{target.name}.partial")
@@ -107,7 +126,8 @@ def run(params: Params, paths: ProjectPaths, device: str | None = None) -> dict[
     ``{test set: {method: {metric: mean}}}``."""
     ep = params.evaluate
     run_info = read_run_info(paths.run_info)
-    test = load_test_split(paths.index, ep.max_pairs)
+    test = load_test_split(paths.index, ep.max_pairs, ep.max_pairs_per_set)
+    views = published_views(paths.published_index, test, REFERENCE_MARK)
     fingerprint = evaluation_fingerprint(read_index(paths.index), params)
     placement = place(device or ep.device, ep.precision, ep.max_memory)
     print(
@@ -118,18 +138,19 @@ def run(params: Params, paths: ProjectPaths, device: str | None = None) -> dict[
     references = load_references(params, paths, placement)
     methods = _methods({MODEL_NAME: model, **references}, placement)
     counts = test.groupby("dataset", sort=False).size().to_dict()
+    counts |= {v.key: len(v.fused) for v in views}
     title = f"evaluate {', '.join(f'{k} ({n})' for k, n in counts.items())}"
 
     with EvaluationRun(run_info, paths.root, params, title) as record:
         out = _staging(paths.evaluation)
         scores = score_pairs(
             paths.root, test, output_names(test), methods, ep.convention, out,
-            ep.gallery_pairs, MODEL_NAME, ep.max_pixels,
+            ep.gallery_pairs, MODEL_NAME, ep.max_pixels, {v.method: v.fused for v in views},
         )  # fmt: skip
         per_image = scores.per_image()
         with atomic_path(out / "per_image.csv") as tmp:
             per_image.to_csv(tmp, index=False, float_format="%.6g")
-        means = scores.means()
+        means = scores.means({v.key: v.pair_ids for v in views})
         summary = {
             "test_pairs": {str(k): int(v) for k, v in counts.items()},
             "convention": str(ep.convention),
@@ -149,10 +170,12 @@ def run(params: Params, paths: ProjectPaths, device: str | None = None) -> dict[
             "references": ", ".join(references) + " (the authors' trained model, same split)"
             if references
             else "none",
-        }
+            "published references": ", ".join(f"{v.method} on {v.key} ({len(v.fused)} pairs)"
+                                              for v in views) or "none",
+        }  # fmt: skip
         write_report(
             out / "report.md", means, METRIC_DIRECTION, context, scores.gallery,
-            scores.mean_seconds(),
+            scores.mean_seconds(), report_notes(list(test["dataset"].unique()), views),
         )  # fmt: skip
         _swap(out, paths.evaluation)
         model_means = {s: {k: clean(v) for k, v in m[MODEL_NAME].items()} for s, m in means.items()}

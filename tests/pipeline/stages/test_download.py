@@ -17,6 +17,7 @@ from PIL import Image
 from pipeline.catalogue import CatalogueError, Weight
 from pipeline.catalogue import loader as catalogue
 from pipeline.catalogue.index import INDEX_COLUMNS
+from pipeline.catalogue.published import load_published
 from pipeline.core.params import PROJECT_ROOT, Params
 from pipeline.core.paths import ProjectPaths
 from pipeline.stages import download
@@ -288,18 +289,24 @@ MIRROR = Path(os.environ.get("COCONET_MIRROR") or PROJECT_ROOT.parent / "shared"
 def test_real_catalogue_matches_the_mirror_and_keeps_test_scenes_out_of_training():
     manifest = pd.read_csv(MIRROR / "MANIFEST.tsv", sep="\t").set_index("url")["sha256"]
     counts = {}
-    for name in ("tno40", "tno_masked", "roadscene"):
+    for name in ("tno40", "tno_masked", "roadscene", "m3fd"):
         dataset = catalogue.load_dataset(name)
         for entry in dataset.files:
             assert manifest[entry.url] == entry.sha256
             assert sha256(MIRROR / entry.key) == entry.sha256
         counts[name] = {s: [dataset.split_of(p) for p in dataset.pairs()].count(s)
-                        for s in ("train", "test", "unused")}  # fmt: skip
+                        for s in ("train", "val", "test", "unused")}  # fmt: skip
     assert counts == {
-        "tno40": {"train": 0, "test": 21, "unused": 19},
-        "tno_masked": {"train": 20, "test": 0, "unused": 0},
-        "roadscene": {"train": 221, "test": 0, "unused": 0},
+        "tno40": {"train": 0, "val": 0, "test": 21, "unused": 19},
+        "tno_masked": {"train": 19, "val": 0, "test": 0, "unused": 1},
+        "roadscene": {"train": 187, "val": 11, "test": 23, "unused": 0},
+        "m3fd": {"train": 0, "val": 0, "test": 30, "unused": 0},
     }
+    published = load_published("coconet_authors")
+    assert len(published.files) == 37
+    for entry in published.files:
+        assert manifest[entry.url] == entry.sha256
+        assert sha256(MIRROR / entry.key) == entry.sha256
     masked = catalogue.load_dataset("tno_masked").pairs()
     assert sum("mask" in roles for roles in masked.values()) == 20
 
@@ -329,3 +336,30 @@ def test_local_dataset_files_are_verified_in_place(tmp_path, tiny):
     with pytest.raises(DownloadError, match="incoming/x1/vis.png: sha256 is"):
         download.run(_params(tmp_path, str(tiny), datasets=["mine"]), ProjectPaths(root))
     assert (root / row.vis).is_file()  # the previous data/raw is untouched by the failed run
+
+
+@pytest.mark.skipif(not (MIRROR / "MANIFEST.tsv").is_file(), reason=f"no data mirror at {MIRROR}")
+def test_published_fusions_of_downloaded_pairs_are_fetched_and_listed(tmp_path, monkeypatch):
+    monkeypatch.setenv("COCONET_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "repo"
+    index = download.run(_params(tmp_path, str(MIRROR), datasets=["tno40"]), ProjectPaths(root))
+    published = pd.read_csv(root / "data/raw/published.csv", dtype=str)
+    matched = {f"tno40/{n}" for n in (1, 2, 3, 9, 13, 16, 17, 20, 29, 30, 31, 37, 38, 39)}
+    assert set(published["pair_id"]) == matched and set(published["published"]) == {
+        "coconet_authors"
+    }
+    sizes = index.set_index("pair_id")[["width", "height"]]
+    for row in published.itertuples():
+        with Image.open(root / row.fused) as image:
+            assert image.mode == "L" and image.size == tuple(sizes.loc[row.pair_id])
+    exact = published[published["method"] == "pixel-exact"]["pair_id"]
+    assert set(exact) == {f"tno40/{n}" for n in (9, 13, 29, 31, 37, 38)}
+
+
+@pytest.mark.skipif(not (MIRROR / "MANIFEST.tsv").is_file(), reason=f"no data mirror at {MIRROR}")
+def test_m3fd_infrared_stored_as_rgb_becomes_one_channel():
+    entry = catalogue.load_dataset("m3fd").pairs()["00042"]["ir"]
+    rgb = download.read_image(MIRROR / entry.key)
+    grey = download._normalise(rgb, keep_colour=False)
+    assert rgb.ndim == 3 and grey.shape == rgb.shape[:2]
+    assert np.array_equal(grey, np.rint(rgb[..., 0] * 255).astype(np.uint8))

@@ -266,3 +266,59 @@ def test_a_missing_reference_model_is_a_clear_error(trained, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(evaluate.InputError, match="coconet_official.pt: no official model"):
         evaluate.run(params(references=["official"]), ProjectPaths(root))
+
+
+def test_every_test_set_and_the_published_view_with_its_pair_count(trained, tmp_path, monkeypatch):
+    """Three test sets, a published fusion of one test pair (another of a non-test pair is left
+    out), the per-set cap, the catalogue's 21/26 note."""
+    import shutil
+
+    root, _, _ = trained
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project = tmp_path / "project"
+    shutil.copytree(root / "artifacts", project / "artifacts")
+    pairs = [("tno40", "21", "test"), ("tno40", "26", "test"), ("tno40", "9", "test"),
+             ("tno40", "3", "unused"), ("roadscene", "FLIR_00006", "test"),
+             ("m3fd", "00042", "test"), ("m3fd", "00150", "test")]  # fmt: skip
+    rows, published = [], []
+    for seed, (dataset, pair, split) in enumerate(pairs):
+        vis, ir = _images(seed)
+        for role, image in (("vis", vis), ("ir", ir)):
+            write_image(project / f"data/raw/{dataset}/{role}/{pair}.png", image)
+        rows.append({"pair_id": f"{dataset}/{pair}", "dataset": dataset, "pair": pair,
+                     "split": split, "ir": f"data/raw/{dataset}/ir/{pair}.png",
+                     "vis": f"data/raw/{dataset}/vis/{pair}.png", "mask": ""})  # fmt: skip
+        if pair in ("9", "3"):
+            fused = f"data/raw/published/coconet_authors/tno40/{pair}.png"
+            write_image(project / fused, (vis + ir) / 2)
+            published.append({"published": "coconet_authors", "label": "authors' results",
+                              "pair_id": f"tno40/{pair}", "fused": fused, "url": "u",
+                              "sha256": "s", "method": "content"})  # fmt: skip
+    pd.DataFrame(rows).to_csv(project / "data/raw/index.csv", index=False)
+    pd.DataFrame(published).to_csv(project / "data/raw/published.csv", index=False)
+    paths = ProjectPaths(project)
+
+    means = evaluate.run(params(max_pairs_per_set={"m3fd": 1}), paths)
+    view = "tno40:coconet_authors"
+    assert list(means) == ["m3fd", "roadscene", "tno40", view]  # natural order, views last
+    assert "coconet_authors (reference)" not in means["tno40"]
+    assert list(means[view]) == ["CoCoNet", "average", "max", "laplacian",
+                                 "coconet_authors (reference)"]  # fmt: skip
+    summary = json.loads((paths.evaluation / "summary.json").read_text())
+    assert summary["test_pairs"] == {"m3fd": 1, "roadscene": 1, "tno40": 3, view: 1}
+    per_image = pd.read_csv(paths.evaluation / "per_image.csv")
+    on_nine = per_image[per_image.pair_id == "tno40/9"].set_index("method")
+    for method, values in means[view].items():  # the view is exactly pair 9
+        assert values["VIF"] == pytest.approx(on_nine.loc[method, "VIF"], rel=1e-5)  # %.6g CSV
+    assert set(per_image.pair_id) == {"tno40/21", "tno40/26", "tno40/9",
+                                      "roadscene/FLIR_00006", "m3fd/00042"}  # fmt: skip
+    assert set(json.loads(paths.metrics.read_text())) == set(means)
+    comparison = json.loads(paths.comparison.read_text())
+    assert "coconet_authors_reference" in comparison[view]
+    text = (paths.evaluation / "report.md").read_text()
+    for test_set in means:
+        assert f"## Ranking on {test_set}" in text
+    tno40_section = text.split("## Ranking on tno40\n")[1].split("## Ranking on")[0]
+    assert "pairs 21 and 26 are near-duplicates" in tno40_section
+    assert "| coconet_authors (reference) |" in text
+    assert "scored on the 1 tno40 test pairs it covers (9)" in text

@@ -150,3 +150,42 @@ def test_patch_dataset_rejects_missing_or_foreign_files(tmp_path):
         h5.create_dataset("x", data=np.zeros(3))
     with pytest.raises(ValueError, match="not a patches file"):
         PatchDataset(tmp_path / "other.h5")
+
+
+def test_only_train_split_pairs_are_cut_so_tno_masked_27_never_is(tmp_path):
+    """tno_masked/27 shows tno40 test pair 15's scene from the same viewpoint: the catalogue
+    marks it unused, and neither it nor a held-out (val/test) pair gets a patch."""
+    from pipeline.catalogue import load_dataset
+
+    masked, roadscene = load_dataset("tno_masked"), load_dataset("roadscene")
+    assert masked.split_of("27") == "unused" and "tno40 test pair 15" in masked.reasons["27"]
+    held_out = {s: next(p for p in roadscene.pairs() if roadscene.split_of(p) == s)
+                for s in ("val", "test")}  # fmt: skip
+    make_layout(tmp_path)
+    index = pd.read_csv(tmp_path / "data/raw/index.csv")
+    masks = pd.read_csv(tmp_path / "data/masks/index.csv")
+    rename = {"toy/p1": ("tno_masked", "27", masked.split_of("27")),
+              "toy/p2": ("roadscene", held_out["val"], "val"),
+              "toy/small": ("roadscene", held_out["test"], "test")}  # fmt: skip
+    for old, (dataset, pair, split) in rename.items():
+        at = index["pair_id"] == old
+        index.loc[at, ["pair_id", "dataset", "pair", "split"]] = [f"{dataset}/{pair}", dataset,
+                                                                   pair, split]  # fmt: skip
+        masks.loc[masks["pair_id"] == old, "pair_id"] = f"{dataset}/{pair}"
+    index = pd.concat(
+        [
+            index,
+            index.iloc[[0]].assign(
+                pair_id="tno_masked/26", pair="26", dataset="tno_masked", split="train"
+            ),
+        ]
+    )
+    masks = pd.concat([masks, masks.iloc[[0]].assign(pair_id="tno_masked/26")])
+    index.to_csv(tmp_path / "data/raw/index.csv", index=False)
+    masks.to_csv(tmp_path / "data/masks/index.csv", index=False)
+    pairs = [row["pair_id"] for row in stage.training_pairs(ProjectPaths(tmp_path))]
+    assert pairs == ["tno_masked/26"]
+    stage.run(params(), ProjectPaths(tmp_path))
+    with h5py.File(tmp_path / "data/patches.h5") as h5:
+        names = {str(n, "utf-8") if isinstance(n, bytes) else str(n) for n in h5["pair_id"][:]}
+    assert names == {"tno_masked/26"}
