@@ -23,6 +23,7 @@ from pipeline.catalogue.loader import (
     load_weights,
     url_key,
 )
+from pipeline.catalogue.published import available_published, load_published
 from pipeline.core.atomic import atomic_path
 from pipeline.core.ordering import natural_key
 
@@ -42,6 +43,15 @@ def dataset_requests(names: Iterable[str]) -> list[Request]:
     return list(requests.values())
 
 
+def published_requests(names: Iterable[str]) -> list[Request]:
+    """The files of the named published sets (e.g. the authors' fused results)."""
+    return [
+        Request(url_key(f.url), f.url, f"sha256:{f.sha256}")
+        for name in names
+        for f in load_published(name).files
+    ]
+
+
 def weight_requests(selected: Iterable[tuple[str, str]]) -> list[Request]:
     """The weight files ``(family, variant)``, e.g. ``("sam", "vit_b")``."""
     catalogue = load_weights()
@@ -53,6 +63,11 @@ def weight_requests(selected: Iterable[tuple[str, str]]) -> list[Request]:
         weight = catalogue[key]
         requests.append(Request(url_key(weight.url), weight.url, weight.known_hash))
     return requests
+
+
+def mirrorable_published() -> list[str]:
+    """Every catalogued published set."""
+    return available_published()
 
 
 def mirrorable_datasets() -> list[str]:

@@ -11,6 +11,8 @@ from pipeline.catalogue.mirror import (
     build_mirror,
     dataset_requests,
     mirrorable_datasets,
+    mirrorable_published,
+    published_requests,
     weight_requests,
 )
 from pipeline.cli.app import ParamsOption, app
@@ -48,7 +50,10 @@ def build(
     folder: Annotated[Path, typer.Argument(help="The mirror folder (created if missing).")],
     datasets: Annotated[
         list[str] | None,
-        typer.Option("--dataset", help="A catalogued dataset (repeatable). Default: all."),
+        typer.Option(
+            "--dataset",
+            help="A catalogued dataset or published set (repeatable). Default: all of both.",
+        ),
     ] = None,
     weights: Annotated[
         list[str] | None,
@@ -73,7 +78,10 @@ def build(
     """Fetch the catalogued files into FOLDER/HOST/PATH, each verified against its checksum,
     and write FOLDER/MANIFEST.tsv (url, sha256, bytes) last. Files already there and intact
     are kept; a file that fails verification is not kept."""
-    requests = dataset_requests(datasets or mirrorable_datasets())
+    published = mirrorable_published()
+    chosen_sets = datasets or [*mirrorable_datasets(), *published]
+    requests = dataset_requests([n for n in chosen_sets if n not in published])
+    requests += published_requests([n for n in chosen_sets if n in published])
     if not no_weights:
         chosen = [_parse_weight(w) for w in weights] if weights else None
         chosen = chosen or params_weights(load_params(params_file).download)

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from pipeline.catalogue.fetch import Request, fetch_all
 from pipeline.catalogue.loader import load_dataset
+from pipeline.catalogue.published import load_published
 from pipeline.cli import app
 from pipeline.core.errors import CoconetError
 from tests.helpers.mirror import mirror_dir
@@ -55,6 +56,17 @@ def test_a_built_mirror_serves_the_download_code(source, tmp_path):
     requests = [Request(f.key, f.url, f"sha256:{f.sha256}") for f in files[:3]]
     fetched = fetch_all(requests, tmp_path / "cache", str(target), workers=2)
     assert all(p.is_file() for p in fetched.values())
+
+
+def test_published_sets_are_mirrored_too(source, tmp_path):
+    target = tmp_path / "mirror"
+    result = runner.invoke(
+        app, ["mirror", "build", str(target), "--dataset", "coconet_authors", "--no-weights",
+              "--source", str(source)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    files = load_published("coconet_authors").files
+    assert set(_manifest(target)) == {f.url for f in files} and len(files) == 37
 
 
 def test_built_from_a_web_server_and_from_file_urls(source, tmp_path):
