@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from flows.overrides import compose_params
 from pipeline.catalogue import load_dataset
 from pipeline.core.params import PROJECT_ROOT
@@ -67,6 +69,20 @@ def _shrink_catalogue(root: Path, keep: dict[str, int]) -> None:
             )
             writer.writeheader()
             writer.writerows(r for r in rows if r["pair"] in chosen)
+        _drop_listed_exclusions(root / "pipeline/catalogue/datasets" / f"{name}.yaml", chosen)
+
+
+def _drop_listed_exclusions(entry: Path, kept: set[str]) -> None:
+    """Exclude rules that list pairs by name keep only the pairs still catalogued (the loader
+    refuses a rule naming unknown pairs); a rule left with none is removed."""
+    meta = yaml.safe_load(entry.read_text())
+    rules = meta.get("exclude") or []
+    rules = [rules] if isinstance(rules, dict) else rules
+    for rule in rules:
+        if "pairs" in rule:
+            rule["pairs"] = [p for p in map(str, rule["pairs"]) if p in kept]
+    meta["exclude"] = [r for r in rules if "pairs" not in r or r["pairs"]]
+    entry.write_text(yaml.safe_dump(meta, sort_keys=False))
 
 
 def make_tiny_project(dst: Path, test_pairs: int = 2, train_pairs: int = 2) -> Path:

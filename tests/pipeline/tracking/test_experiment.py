@@ -56,7 +56,7 @@ def test_flatten_params_covers_every_section():
         "register",
     }
     assert flat["train.lr"] == "0.0001"
-    assert json.loads(flat["download.datasets"]) == ["tno40", "tno_masked", "roadscene"]
+    assert json.loads(flat["download.datasets"]) == ["tno40", "tno_masked", "roadscene", "m3fd"]
 
 
 def test_data_inputs_carry_dvc_lock_hashes(tmp_path, mlflow_store, monkeypatch):
