@@ -148,9 +148,11 @@ def setup_experiment(params: Params, root: Path = PROJECT_ROOT) -> str:
         if experiment is not None:
             experiment_id = experiment.experiment_id
         else:
-            location = params.tracking.artifact_root
-            if "://" not in location:
-                location = (root / location).resolve().as_uri()
+            location: str | None = params.tracking.artifact_root
+            if location is not None and "://" not in location:
+                # a tracking server proxies artifacts (mlflow-artifacts:): never a local path
+                served = urlparse(uri).scheme in ("http", "https")
+                location = None if served else (root / location).resolve().as_uri()
             experiment_id = mlflow.create_experiment(
                 params.tracking.experiment, artifact_location=location
             )

@@ -117,3 +117,15 @@ def test_the_repeated_fact_check_can_fail():
     old = {"git_commit": "a" * 40, "git.commit": "a" * 40, "git.dirty": "false", "n": "3"}
     assert repeated_facts(old) == [("git.commit", "git_commit", "a" * 40)]
     assert repeated_facts({"git.dirty": "false", "placement.world_size": "1", "x": "1"}) == []
+
+
+@pytest.mark.slow
+def test_server_store_gets_proxied_artifacts_and_no_relocation_check(tmp_path, monkeypatch):
+    from tests.helpers.team_services import team_services
+
+    with team_services() as svc:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", svc["mlflow"])
+        tracking.setup_experiment(Params(), tmp_path)
+        location = tracking.mlflow.get_experiment_by_name(Params().tracking.experiment)
+        assert location.artifact_location.startswith("mlflow-artifacts:")
+        assert tracking.connect(tmp_path / "elsewhere") == svc["mlflow"]  # a second clone
