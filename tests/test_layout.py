@@ -178,6 +178,7 @@ LAZY_IMPORTS = {  # module -> why it imports inside functions (measured, needed)
     "pipeline/core/placement.py": "params and the CLI read the vocabulary without torch",
     "pipeline/inference.py": "mlflow (about 2 s) only for a model URI, not a model file",
     "pipeline/stages/masks.py": "torch and segment-anything only for masks.method: sam",
+    "models/vgg.py": "torchvision (about 2 s: torch._dynamo, sympy) only for ImageNet weights",
 }
 MLFLOW_DOOR = "pipeline/tracking"
 CUDA_PROBE = "torch.cuda.is_available"

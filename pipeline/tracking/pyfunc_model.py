@@ -5,7 +5,8 @@ Model folder (``runs:/<run>/model``)::
 
     MLmodel                      python_function: loader_module pipeline.tracking.pyfunc_model
     data/coconet/config.json     format, version, vgg_weights, precision, params_digest, tensors
-    data/coconet/model.safetensors   the full state dict (VGG tensors included)
+    data/coconet/model.safetensors   the fusion state dict (the VGG-19 layers fusion runs, not
+                                 conv4_1 .. conv5_4, which only the training loss uses)
 
 Loading reads only those two files: anything else in place of the weights (a pickle, a torch
 ``.pth``) is a :class:`ModelFormatError`, never executed.
@@ -35,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 
 from models.coconet import CoCoNet
-from models.state import StateDictError, coconet_from_state
+from models.state import StateDictError, coconet_from_state, fusion_state
 from pipeline.core.errors import CoconetError
 from pipeline.core.placement import place
 from pipeline.tracking.served_model import SIGNATURE, FusionModel, input_example
@@ -55,7 +56,7 @@ class ModelFormatError(CoconetError, ValueError):
 def write_model_data(model: torch.nn.Module, folder: Path, config: dict[str, Any]) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (format, tensors, dtype added) to
     ``folder``, which is returned."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in fusion_state(model.state_dict()).items()}
     folder.mkdir(parents=True, exist_ok=True)
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values()})
