@@ -131,13 +131,16 @@ def vgg19_layers(depth: int | None = None) -> nn.Sequential:
 
 def build_vgg19_features(weights: str = "imagenet", depth: int | None = None) -> nn.Sequential:
     """VGG-19 ``features`` (16 convs, 37 layers; the first ``depth`` layers when given),
-    one-channel first conv, frozen, eval mode."""
+    one-channel first conv, frozen, eval mode. Built on the meta device (to be assigned
+    loaded weights), ``random`` draws nothing: meta tensors hold no values, and drawing normals
+    there would import ``torch._dynamo`` and sympy (about 2 s)."""
     features = vgg19_layers(depth)
     if weights == "random":
-        for module in features.modules():
-            if isinstance(module, nn.Conv2d):  # torchvision's own VGG initialisation
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+        convs = [m for m in features.modules() if isinstance(m, nn.Conv2d)]
+        for conv in [] if features[0].weight.is_meta else convs:
+            # torchvision's own VGG initialisation
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
     else:
         if weights == "imagenet":
             state, source = _imagenet_state_dict(), VGG19_URL

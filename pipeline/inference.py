@@ -1,8 +1,9 @@
 """Fusing image pairs with a trained CoCoNet: model loading, file and folder runs.
 
 The array fusion itself (precision, memory budget, tiles, colour) is :mod:`pipeline.fusion`.
-MLflow is imported only for a model URI (:mod:`pipeline.tracking.model_store`): fusing with a
-model file must not pay for it.
+MLflow is imported only for a model URI (:mod:`pipeline.tracking.model_store`) and the official
+model's downloader (requests, pooch) only for ``official``: fusing with a model file must not pay
+for them.
 """
 
 from __future__ import annotations
@@ -24,8 +25,13 @@ from pipeline.core.imageio import write_image
 from pipeline.core.params import DEFAULT_MAX_PIXELS, PROJECT_ROOT
 from pipeline.core.placement import Placement
 from pipeline.fusion import fuse_arrays
-from pipeline.fusion_plan import ModelSourceError, check_model_source, check_output, read_pair
-from pipeline.reference_models import OFFICIAL, official_checkpoint
+from pipeline.fusion_plan import (
+    OFFICIAL,
+    ModelSourceError,
+    check_model_source,
+    check_output,
+    read_pair,
+)
 
 STATE_KEYS = ("state_dict", "model", "model_state_dict")
 
@@ -101,6 +107,8 @@ def load_fusion_model(source: str, placement: Placement, root: Path = PROJECT_RO
     URI (in the store of the project at ``root``) or ``official`` (the authors' trained model:
     downloaded, verified, converted once, cached)."""
     if source == OFFICIAL:
+        from pipeline.reference_models import official_checkpoint
+
         source = str(official_checkpoint())
     try:
         is_uri = check_model_source(source)

@@ -17,8 +17,8 @@ from models.official import save_converted
 from pipeline.catalogue import load_weights, url_key
 from pipeline.catalogue.fetch import MIRROR_ENV, Request, cache_dir, fetch_all, resolve_mirror
 from pipeline.core.atomic import atomic_path
+from pipeline.fusion_plan import OFFICIAL
 
-OFFICIAL = "official"
 CONVERTED_VGG_FILL = "random"
 
 
