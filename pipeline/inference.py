@@ -12,9 +12,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from models.coconet import CoCoNet
@@ -141,9 +143,16 @@ def fuse_files(
 ) -> Path:
     """Fuse one pair of files into ``out_path`` (written atomically; a failed write raises
     ImageError naming ``out_path``)."""
+    vis, ir = _read_checked(vis_path, ir_path, out_path, resize, bits, max_pixels)
+    return write_image(out_path, fuse_arrays(model, vis, ir, placement), bits=bits)
+
+
+def _read_checked(
+    vis_path: Path, ir_path: Path, out_path: Path, resize: bool, bits: int, max_pixels: int
+) -> tuple[np.ndarray, np.ndarray]:
     vis, ir = read_pair(Path(vis_path), Path(ir_path), resize, max_pixels)
     check_output(Path(out_path), vis.ndim == 3, bits)
-    return write_image(out_path, fuse_arrays(model, vis, ir, placement), bits=bits)
+    return vis, ir
 
 
 def fuse_directory(
@@ -157,16 +166,34 @@ def fuse_directory(
 ) -> list[Path]:
     """Fuse every planned pair, all or nothing: the images are written to a staging folder in
     the output folder and moved into place only when every pair is fused, so a failure (a bad
-    pair, a full disk) leaves the output folder as it was. ``progress`` wraps the iteration."""
+    pair, a full disk) leaves the output folder as it was. ``progress`` wraps the iteration.
+
+    Reading and writing stay off the network's path: the next pair is read, and the previous
+    result written, in a helper thread while the network fuses (one pair ahead, one write
+    behind, so memory holds at most three pairs)."""
     plan = list(plan)
     if not plan:
         return []
     out_dir = plan[0][2].parent
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".coconet-partial-", dir=out_dir))
+
+    def read(index: int) -> Future:
+        vis, ir, out = plan[index]
+        return helper.submit(_read_checked, vis, ir, staging / out.name, resize, bits, max_pixels)
+
     try:
-        for vis, ir, out in progress(plan):
-            fuse_files(model, vis, ir, staging / out.name, placement, resize, bits, max_pixels)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="coconet-io") as helper:
+            pending, written = read(0), None
+            for index, (_, _, out) in enumerate(progress(plan)):
+                vis, ir = pending.result()
+                if index + 1 < len(plan):
+                    pending = read(index + 1)
+                fused = fuse_arrays(model, vis, ir, placement)
+                if written is not None:
+                    written.result()  # raises a failed write here, naming the file
+                written = helper.submit(write_image, staging / out.name, fused, bits)
+            written.result()
         for _, _, out in plan:
             os.replace(staging / out.name, out)
     finally:
