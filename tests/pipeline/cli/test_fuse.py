@@ -335,3 +335,24 @@ def test_help_and_bad_input_fail_before_heavy_imports(tmp_path):
         assert needle in got["output"], (name, got["output"])
     transparent = report[3]["output"]  # inputs are read (and reported) before the model
     assert f"warning: {vis}: has transparent pixels" in transparent, transparent
+
+
+NOT_FOR_FUSION = ("torchvision", "sympy", "torch._dynamo", "kornia", "mlflow", "requests")
+NOT_FOR_FUSION += ("tifffile", "prefect", "rich.progress")
+
+
+def test_fusing_a_pair_from_a_model_file_imports_only_what_fusion_needs(random_model, tmp_path):
+    model = write_model_file(tmp_path / "model.pt", random_model, {"vgg_weights": "random"})
+    vis, ir, out = tmp_path / "vis.png", tmp_path / "ir.png", tmp_path / "fused.png"
+    write_image(vis, _rand((24, 40), 3))
+    write_image(ir, _rand((24, 40), 4))
+    argv = ["fuse", "--model", model, "--ir", ir, "--vis", vis, "-o", out, "--precision", "bf16"]
+    result = subprocess.run(
+        [sys.executable, "-c", REPORTER, json.dumps([[str(a) for a in argv]]),
+         json.dumps(NOT_FOR_FUSION)],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (got,) = json.loads(result.stdout.splitlines()[-1])
+    assert got["code"] == 0 and out.is_file(), got
+    assert got["heavy"] == [], f"fuse imported {got['heavy']}"
