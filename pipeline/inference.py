@@ -95,18 +95,24 @@ def load_checkpoint_model(path: str | Path) -> CoCoNet:
 
 def load_mlflow_model(uri: str, root: Path = PROJECT_ROOT) -> CoCoNet:
     """A CoCoNet from an MLflow model URI (``models:/coconet@champion``, ``runs:/<id>/model``)
-    in the store of the project at ``root``: read straight from an embedded SQLite store where
-    that gives MLflow's answer (:mod:`pipeline.tracking.sqlite_registry`), else through
-    MLflow."""
+    in the store of the project at ``root``: read straight from an embedded SQLite store or
+    over a tracking server's REST API where that gives MLflow's answer
+    (:mod:`pipeline.tracking.sqlite_registry`, :mod:`pipeline.tracking.rest_registry`), else
+    through MLflow."""
     from pipeline.tracking.model_folder import load_model_dir
     from pipeline.tracking.sqlite_registry import model_folder
 
-    try:
-        folder = model_folder(uri, root)
-        if folder is not None:
-            return load_model_dir(folder)
-    except CoconetError as exc:
-        raise ModelLoadError(f"{uri}: {exc}") from exc
+    with tempfile.TemporaryDirectory(prefix="coconet-model-") as tmp:
+        try:
+            folder = model_folder(uri, root)
+            if folder is None:
+                from pipeline.tracking.rest_registry import fetch_model  # urllib: servers only
+
+                folder = fetch_model(uri, Path(tmp), root)
+            if folder is not None:
+                return load_model_dir(folder)
+        except CoconetError as exc:
+            raise ModelLoadError(f"{uri}: {str(exc).replace(tmp + os.sep, '')}") from exc
     from pipeline.tracking.model_store import ModelStoreError, load_registered_model
 
     try:
