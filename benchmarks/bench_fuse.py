@@ -12,7 +12,8 @@ Targets (issue 17): one pair from a file within 3 s and from the registry within
 further pair within 1.3x the network time; a served request within 1.3x the network time.
 Each figure is the median of ``--runs`` runs; the rounds interleave the commands, so load from
 other processes falls on all of them alike. The load average is printed: on a shared machine the
-absolute figures move with it, the ratios to the network time much less.
+absolute figures move with it, the ratios to the network time much less, and the commands' CPU
+seconds (user + system, all threads) hardly at all.
 
 ``--source DIR`` times another checkout (e.g. an older commit from ``git worktree add``) with
 this environment: its own code writes the model file and the registered model, so it is timed
@@ -27,6 +28,7 @@ import argparse
 import base64
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -112,13 +114,19 @@ def _pairs(work: Path, mirror: Path) -> tuple[Path, Path]:
     return vis_dir, ir_dir
 
 
-def _wall(command: list[str], env: dict[str, str], cwd: Path) -> float:
-    tic = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _wall(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one command run to its end."""
+    cpu, tic = _children_cpu(), time.perf_counter()
     done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
     elapsed = time.perf_counter() - tic
     if done.returncode != 0:
         raise SystemExit(f"failed: {' '.join(command)}\n{done.stderr[-3000:]}")
-    return elapsed
+    return elapsed, _children_cpu() - cpu
 
 
 def _network(source: Path, model: Path, runs: int, precision: str) -> list[float]:
@@ -178,8 +186,11 @@ def _served(source: Path, store: Path, vis: Path, ir: Path, runs: int, log: Path
         server.wait(timeout=60)
 
 
-def _row(label: str, seconds: float, ratio: float, target: str = "") -> None:
-    print(f"{label:<48} {seconds:>9.3f} {ratio:>10.2f}  {target}")
+def _row(
+    label: str, seconds: float, ratio: float, target: str = "", cpu: list[float] | None = None
+) -> None:
+    spent = f"{statistics.median(cpu):>7.2f}" if cpu else " " * 7
+    print(f"{label:<48} {seconds:>9.3f} {ratio:>10.2f} {spent}  {target}")
 
 
 def _verdict(ok: bool) -> str:
@@ -231,10 +242,13 @@ def main() -> None:
             ),
         }
         network, walls = [], {name: [] for name in commands}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.runs):  # each round: the network, then every command
             network.append(statistics.median(_network(source, model, 3, args.precision)))
             for name, (command, env_store) in commands.items():
-                walls[name].append(_wall(command, _env(source, env_store), source))
+                wall, seconds = _wall(command, _env(source, env_store), source)
+                walls[name].append(wall)
+                cpu[name].append(seconds)
         served, served_network = [], []
         if args.serve:
             served_network = _network(source, model, args.runs, args.precision)
@@ -251,8 +265,8 @@ def main() -> None:
     ratio = {name: statistics.median(w / n for w, n in zip(times, network, strict=True))
              for name, times in {**walls, "further": further}.items()}  # fmt: skip
     print(f"load average at end {os.getloadavg()[0]:.2f}")
-    print(f"{'what':<48} {'median s':>9} {'x network':>10}  target (x network: median of the "
-          "rounds' ratios)")  # fmt: skip
+    print(f"{'what':<48} {'median s':>9} {'x network':>10} {'CPU s':>7}  target (x network: "
+          "median of the rounds' ratios)")  # fmt: skip
     _row(f"network alone ({args.precision}, {WIDTH}x{HEIGHT})", net, 1.0)
     for name, label in (
         ("file", "--model model.pt"),
@@ -260,11 +274,14 @@ def main() -> None:
     ):
         target = TARGETS[name]
         verdict = f"<= {target:.1f} s: {_verdict(median[name] <= target)}"
-        _row(f"fuse one pair, {label}", median[name], ratio[name], verdict)
-    _row(f"fuse {PAIRS} pairs in one call", median["folder"], ratio["folder"])
+        _row(f"fuse one pair, {label}", median[name], ratio[name], verdict, cpu[name])
+    _row(f"fuse {PAIRS} pairs in one call", median["folder"], ratio["folder"], "", cpu["folder"])
     verdict = f"<= {PAIR_RATIO}x network: {_verdict(ratio['further'] <= PAIR_RATIO)}"
+    further_cpu = [
+        (f - one) / (PAIRS - 1) for f, one in zip(cpu["folder"], cpu["file"], strict=True)
+    ]
     _row(f"each further pair (({PAIRS} pairs - 1) / {PAIRS - 1})", statistics.median(further),
-         ratio["further"], verdict)  # fmt: skip
+         ratio["further"], verdict, further_cpu)  # fmt: skip
     if served:
         request, reference = statistics.median(served), statistics.median(served_network)
         verdict = f"<= {SERVE_RATIO}x network: {_verdict(request <= SERVE_RATIO * reference)}"
@@ -274,6 +291,7 @@ def main() -> None:
           f"{sizes['full_vgg.pt'] / 1e6:.1f} MB); registered model.safetensors "
           f"{registered / 1e6:.1f} MB")  # fmt: skip
     runs = {"network": network, **walls, "served": served, "served_network": served_network}
+    runs |= {f"{name}_cpu": seconds for name, seconds in cpu.items()}
     print("all runs (s):", json.dumps({k: [round(v, 3) for v in vs] for k, vs in runs.items()}))
 
 
