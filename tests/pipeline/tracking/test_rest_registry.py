@@ -52,13 +52,16 @@ def server(random_model, tmp_path_factory):
                 break
             except OSError:
                 time.sleep(1)
+        before = mlflow.get_tracking_uri()  # an earlier test may have set another store
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("MLFLOW_TRACKING_URI", uri)
+            mlflow.set_tracking_uri(uri)
             experiment = mlflow.create_experiment("e")
             with mlflow.start_run(experiment_id=experiment) as run:
                 pyfunc_model.log_model(random_model, {"vgg_weights": "random"})
             version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "coconet")
             mlflow.MlflowClient().set_registered_model_alias("coconet", "champion", "1")
+        mlflow.set_tracking_uri(before)
         yield {"uri": uri, "experiment": experiment, "version": version.version}
     finally:
         process.terminate()
@@ -74,8 +77,10 @@ def project(tmp_path, server, monkeypatch) -> Path:
     return tmp_path
 
 
-def test_the_model_comes_over_rest_as_mlflow_would_give_it(project, random_model, tmp_path):
-    expected = Path(mlflow.artifacts.download_artifacts("models:/coconet@champion"))
+def test_the_model_comes_over_rest_as_mlflow_would_give_it(project, server, random_model, tmp_path):
+    expected = Path(
+        mlflow.artifacts.download_artifacts("models:/coconet@champion", tracking_uri=server["uri"])
+    )
     for uri in ("models:/coconet@champion", "models:/coconet/1"):
         folder = fetch_model(uri, tmp_path / uri[-2:].strip("@/"), project)
         assert folder is not None

@@ -32,11 +32,14 @@ def project(random_model, tmp_path_factory) -> Path:
     (root / "params.yaml").write_text("model:\n  vgg_weights: random\n")
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.create_experiment("e", artifact_location=(root / "mlartifacts").as_uri())
+    before = mlflow.get_tracking_uri()  # an earlier test may have set another store
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
         with mlflow.start_run(experiment_id=experiment) as run:
             pyfunc_model.log_model(random_model, {"vgg_weights": "random"})
         version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "coconet")
+    mlflow.set_tracking_uri(before)
     client.set_registered_model_alias("coconet", "champion", version.version)
     return root
 
