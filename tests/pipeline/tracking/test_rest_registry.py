@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import mlflow.tracking._model_registry.utils as registry_utils
+import mlflow.tracking._tracking_service.utils as tracking_utils
 import numpy as np
 import pytest
 
@@ -24,6 +26,8 @@ from pipeline.tracking.model_folder import load_model_dir
 from pipeline.tracking.rest_registry import fetch_model
 from pipeline.tracking.run_owner import owner_tags
 from tests.helpers.models import CPU_FP32
+
+GLOBAL_URIS = ((tracking_utils, "_tracking_uri"), (registry_utils, "_registry_uri"))
 
 pytestmark = pytest.mark.slow  # starts an MLflow server (tens of seconds on 2 cores)
 
@@ -52,16 +56,17 @@ def server(random_model, tmp_path_factory):
                 break
             except OSError:
                 time.sleep(1)
-        before = mlflow.get_tracking_uri()  # an earlier test may have set another store
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("MLFLOW_TRACKING_URI", uri)
+            for module, uri_name in GLOBAL_URIS:  # an earlier test's store is not ours
+                patch.setattr(module, uri_name, None)
             mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
             experiment = mlflow.create_experiment("e")
             with mlflow.start_run(experiment_id=experiment) as run:
                 pyfunc_model.log_model(random_model, {"vgg_weights": "random"})
             version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "coconet")
             mlflow.MlflowClient().set_registered_model_alias("coconet", "champion", "1")
-        mlflow.set_tracking_uri(before)
         yield {"uri": uri, "experiment": experiment, "version": version.version}
     finally:
         process.terminate()
@@ -78,9 +83,9 @@ def project(tmp_path, server, monkeypatch) -> Path:
 
 
 def test_the_model_comes_over_rest_as_mlflow_would_give_it(project, server, random_model, tmp_path):
-    expected = Path(
-        mlflow.artifacts.download_artifacts("models:/coconet@champion", tracking_uri=server["uri"])
-    )
+    client = mlflow.MlflowClient(server["uri"], registry_uri=server["uri"])
+    download_uri = client.get_model_version_download_uri("coconet", server["version"])
+    expected = Path(mlflow.artifacts.download_artifacts(download_uri, tracking_uri=server["uri"]))
     for uri in ("models:/coconet@champion", "models:/coconet/1"):
         folder = fetch_model(uri, tmp_path / uri[-2:].strip("@/"), project)
         assert folder is not None

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import mlflow
+import mlflow.tracking._model_registry.utils as registry_utils
+import mlflow.tracking._tracking_service.utils as tracking_utils
 import numpy as np
 import pytest
 from mlflow.utils.file_utils import local_file_uri_to_path
@@ -23,6 +25,8 @@ from pipeline.tracking.run_owner import owner_tags
 from pipeline.tracking.sqlite_registry import SCHEMA_REVISION, model_folder
 from tests.helpers.models import CPU_FP32
 
+GLOBAL_URIS = ((tracking_utils, "_tracking_uri"), (registry_utils, "_registry_uri"))
+
 
 @pytest.fixture(scope="module")
 def project(random_model, tmp_path_factory) -> Path:
@@ -32,14 +36,15 @@ def project(random_model, tmp_path_factory) -> Path:
     (root / "params.yaml").write_text("model:\n  vgg_weights: random\n")
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.create_experiment("e", artifact_location=(root / "mlartifacts").as_uri())
-    before = mlflow.get_tracking_uri()  # an earlier test may have set another store
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        for module, uri_name in GLOBAL_URIS:  # an earlier test's store is not ours
+            patch.setattr(module, uri_name, None)
         mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+        mlflow.set_registry_uri(f"sqlite:///{root / 'mlflow.db'}")
         with mlflow.start_run(experiment_id=experiment) as run:
             pyfunc_model.log_model(random_model, {"vgg_weights": "random"})
         version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "coconet")
-    mlflow.set_tracking_uri(before)
     client.set_registered_model_alias("coconet", "champion", version.version)
     return root
 
