@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -44,8 +45,9 @@ def server(random_model, tmp_path_factory):
     command += ["--artifacts-destination", str(work / "art"), "-h", "127.0.0.1", "-p", str(port)]
     path = os.pathsep.join([str(cli.parent), os.environ.get("PATH", "")])
     log = open(work / "log.txt", "w")  # noqa: SIM115  (open while the server runs)
-    process = subprocess.Popen(command, cwd=work, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PATH": path})  # fmt: skip
+    env = {**os.environ, "PATH": path}
+    process = subprocess.Popen(command, cwd=work, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -68,9 +70,13 @@ def server(random_model, tmp_path_factory):
             version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "coconet")
             mlflow.MlflowClient().set_registered_model_alias("coconet", "champion", "1")
         yield {"uri": uri, "experiment": experiment, "version": version.version}
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    finally:  # the server, its workers and job consumers: one process group, ours
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
         log.close()
 
 
