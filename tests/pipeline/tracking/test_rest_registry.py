@@ -60,6 +60,7 @@ def server(random_model, tmp_path_factory):
                 time.sleep(1)
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("MLFLOW_TRACKING_URI", uri)
+            patch.delenv("MLFLOW_REGISTRY_URI", raising=False)  # set_registry_uri exports it
             for module, uri_name in GLOBAL_URIS:  # an earlier test's store is not ours
                 patch.setattr(module, uri_name, None)
             mlflow.set_tracking_uri(uri)

@@ -34,10 +34,12 @@ def project(random_model, tmp_path_factory) -> Path:
     as coconet v1, alias champion."""
     root = tmp_path_factory.mktemp("project")
     (root / "params.yaml").write_text("model:\n  vgg_weights: random\n")
-    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
     experiment = client.create_experiment("e", artifact_location=(root / "mlartifacts").as_uri())
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)  # set_registry_uri exports it
         for module, uri_name in GLOBAL_URIS:  # an earlier test's store is not ours
             patch.setattr(module, uri_name, None)
         mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
@@ -52,7 +54,9 @@ def project(random_model, tmp_path_factory) -> Path:
 @pytest.fixture
 def client(project, monkeypatch) -> mlflow.MlflowClient:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    return mlflow.MlflowClient(uri, registry_uri=uri)
 
 
 def test_alias_and_version_name_the_folder_mlflow_downloads(project, client):
