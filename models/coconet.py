@@ -96,13 +96,15 @@ class CoCoNet(nn.Module):
 
     Parameters: 6,789,764 trainable, 20,023,232 frozen (VGG-19); see the module docstring.
     The state dict holds the VGG tensors too, so a checkpoint restores exactly offline: build
-    with ``vgg_weights="random"`` and load it.
+    with ``vgg_weights="random"`` and load it. ``fusion_only`` keeps only the VGG-19 layers the
+    forward pass runs (conv1_1 .. conv3_4, 2,324,416 frozen parameters): what a fusion model
+    file holds; training needs the whole VGG for the contrastive loss.
     """
 
-    def __init__(self, vgg_weights: str = "imagenet") -> None:
+    def __init__(self, vgg_weights: str = "imagenet", fusion_only: bool = False) -> None:
         super().__init__()
         self.vgg_weights = vgg_weights
-        self.vgg = VGG19Features(vgg_weights)
+        self.vgg = VGG19Features(vgg_weights, fusion_only=fusion_only)
         self.pool = nn.MaxPool2d(2)
         self.enc1 = nn.Sequential(conv_block(2, 32), conv_block(32, 32))
         self.enc2 = nn.Sequential(conv_block(32, 64), conv_block(64, 64))

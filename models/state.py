@@ -1,7 +1,9 @@
 """A CoCoNet from a state dict: the checks and the build every model loader shares.
 
 The state dict holds the VGG tensors too, so no VGG download is needed: the network is built on
-the meta device and the tensors are assigned to it.
+the meta device (no random initialisation) and the tensors are assigned to it. A fusion model
+holds only the VGG-19 layers fusion runs (:func:`fusion_state`); a file written before that,
+with the whole VGG-19, still loads: its conv4_1 .. conv5_4 tensors are dropped.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ import torch
 
 from models.coconet import CoCoNet
 from models.errors import CoconetError
+from models.vgg import SIDE_DEPTH
+
+VGG_PREFIX = "vgg.features."
 
 
 class StateDictError(CoconetError, ValueError):
@@ -37,12 +42,28 @@ def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
             )
 
 
+def is_contrast_only(key: str) -> bool:
+    """Whether ``key`` is a VGG-19 tensor that only the contrastive loss uses (conv4_1 ..)."""
+    if not key.startswith(VGG_PREFIX):
+        return False
+    index = key.removeprefix(VGG_PREFIX).split(".")[0]
+    return index.isdigit() and int(index) >= SIDE_DEPTH
+
+
+def fusion_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the VGG-19 tensors fusion never uses: what a fusion model file holds."""
+    return {key: value for key, value in state.items() if not is_contrast_only(key)}
+
+
 def coconet_from_state(state: dict[str, torch.Tensor], vgg_weights: str, source: str) -> CoCoNet:
-    """An eval-mode CoCoNet holding exactly ``state`` (finite, every key, nothing more), its
-    VGG frozen and labelled ``vgg_weights``; ``source`` names the file in errors."""
+    """An eval-mode fusion-only CoCoNet holding exactly ``state`` (finite, every key, nothing
+    more; the VGG-19 layers only the contrastive loss uses are dropped, so full and lean files
+    load alike), its VGG frozen and labelled ``vgg_weights``; ``source`` names the file in
+    errors."""
+    state = fusion_state(state)
     check_finite(state, source)
     with torch.device("meta"):
-        model = CoCoNet(vgg_weights="random")
+        model = CoCoNet(vgg_weights="random", fusion_only=True)
     expected = set(model.state_dict())
     missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or extra:

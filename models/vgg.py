@@ -5,6 +5,11 @@ Weights: ``"imagenet"`` (torchvision's ``VGG19_Weights.IMAGENET1K_V1``, cached i
 local ``.pth`` state dict (a torchvision VGG-19 state dict, or its ``features`` part). The RGB first
 convolution is adapted to one channel with the BT.601 luminance weights 0.299/0.587/0.114, as the
 official CoCoNet code does. There is never a silent fallback from ImageNet to random weights.
+
+Fusion needs only the layers up to relu3_4 (``SIDE_DEPTH``): a ``fusion_only`` stack stops
+there (2,324,416 of the 20,023,232 parameters). The layers are built here, without torchvision:
+importing it pulls in ``torch._dynamo`` and sympy (about 2 s), so it is imported only to fetch
+ImageNet weights.
 """
 
 from __future__ import annotations
@@ -15,8 +20,6 @@ from urllib.error import URLError
 import pooch
 import torch
 from torch import nn
-from torchvision.models import VGG19_Weights
-from torchvision.models.vgg import cfgs, make_layers
 
 from models.errors import CoconetError
 from models.luma import LUMA_WEIGHTS
@@ -26,11 +29,15 @@ VGG19_FILE = (
     "vgg19-dcbb9e9d.pth"  # torchvision's file name; the part after "-" is the sha256 prefix
 )
 VGG19_SHA256_PREFIX = "dcbb9e9d"
-VGG19_URL = VGG19_Weights.IMAGENET1K_V1.url
+VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"  # torchvision's IMAGENET1K_V1
+# VGG-19 ("configuration E"): output channels of each 3x3 conv (+ ReLU), "M" a 2x2 max-pool.
+VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M")
+VGG19_LAYOUT += (512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 
 # Layer indices in torchvision's ``vgg19().features`` (conv, relu pairs; "M" = max-pool).
 _SIDE_SLICES = ((0, 2), (2, 4), (4, 9), (9, 18))  # relu1_1 | pool, conv1_2 | relu2_2 | relu3_4
 _CONTRAST_SLICES = ((0, 2), (2, 7), (7, 12), (12, 21), (21, 30))  # relu1_1 .. relu5_1
+SIDE_DEPTH = _SIDE_SLICES[-1][1]  # 18: conv1_1 .. relu3_4, all that fusion runs
 
 
 class VGGWeightsError(CoconetError, RuntimeError):
@@ -59,6 +66,8 @@ def luminance_first_conv(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _imagenet_state_dict() -> dict[str, torch.Tensor]:
+    from torchvision.models import VGG19_Weights  # only here: see the module docstring
+
     cached = vgg19_cache_file()
     try:
         return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True)
@@ -106,22 +115,43 @@ def _features_only(state: dict[str, torch.Tensor], source: str) -> dict[str, tor
     return features
 
 
-def build_vgg19_features(weights: str = "imagenet") -> nn.Sequential:
-    """VGG-19 ``features`` (16 convs, 37 layers), one-channel first conv, frozen, eval mode."""
-    features = make_layers(cfgs["E"])
-    features[0] = nn.Conv2d(1, 64, kernel_size=3, padding=1)
+def vgg19_layers(depth: int | None = None) -> nn.Sequential:
+    """The first ``depth`` layers (all 37 when None) of VGG-19 ``features``, torchvision's layer
+    order and indices, with a one-channel first convolution; default-initialised."""
+    layers: list[nn.Module] = []
+    channels = 1
+    for entry in VGG19_LAYOUT:
+        if entry == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(channels, entry, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            channels = entry
+    return nn.Sequential(*layers[:depth])
+
+
+def build_vgg19_features(weights: str = "imagenet", depth: int | None = None) -> nn.Sequential:
+    """VGG-19 ``features`` (16 convs, 37 layers; the first ``depth`` layers when given),
+    one-channel first conv, frozen, eval mode. Built on the meta device (to be assigned
+    loaded weights), ``random`` draws nothing: meta tensors hold no values, and drawing normals
+    there would import ``torch._dynamo`` and sympy (about 2 s)."""
+    features = vgg19_layers(depth)
     if weights == "random":
-        for module in features.modules():
-            if isinstance(module, nn.Conv2d):  # torchvision's own VGG initialisation
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+        convs = [m for m in features.modules() if isinstance(m, nn.Conv2d)]
+        for conv in [] if features[0].weight.is_meta else convs:
+            # torchvision's own VGG initialisation
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
     else:
         if weights == "imagenet":
             state, source = _imagenet_state_dict(), VGG19_URL
         else:
             state, source = _file_state_dict(Path(weights)), weights
         try:
-            features.load_state_dict(_features_only(state, source))
+            kept = len(features)
+            layers = _features_only(state, source)
+            features.load_state_dict(
+                {k: v for k, v in layers.items() if int(k.split(".")[0]) < kept}
+            )
         except RuntimeError as exc:
             raise VGGWeightsError(f"{source}: not VGG-19 weights ({exc})") from exc
     for param in features.parameters():
@@ -135,13 +165,14 @@ class VGG19Features(nn.Module):
     ``side_taps`` (the side encoder, as in the official ``Vgg19_Unet``): relu1_1 max-pooled once and
     passed through conv1_2 (64 channels, H/2), relu2_2 (128, H/4) and relu3_4 (256, H/8).
     ``contrast_taps`` (the contrastive loss): relu1_1, relu2_1, relu3_1, relu4_1, relu5_1.
-    Layers after relu5_1 are kept so the state dict is the whole ``features`` stack.
+    Layers after relu5_1 are kept so the state dict is the whole ``features`` stack. With
+    ``fusion_only`` the stack ends at relu3_4 (``SIDE_DEPTH``): side taps only, no contrast taps.
     """
 
-    def __init__(self, weights: str = "imagenet") -> None:
+    def __init__(self, weights: str = "imagenet", fusion_only: bool = False) -> None:
         super().__init__()
         self.weights = weights
-        self.features = build_vgg19_features(weights)
+        self.features = build_vgg19_features(weights, SIDE_DEPTH if fusion_only else None)
         self._pool = nn.MaxPool2d(2, 2)
 
     def train(self, mode: bool = True) -> VGG19Features:
@@ -163,6 +194,8 @@ class VGG19Features(nn.Module):
 
     def contrast_taps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B,1,H,W) -> [relu1_1, relu2_1, relu3_1, relu4_1, relu5_1]; H and W >= 16."""
+        if len(self.features) < _CONTRAST_SLICES[-1][1]:
+            raise RuntimeError("a fusion-only VGG-19 (up to relu3_4) has no contrastive taps")
         taps = []
         for start, stop in _CONTRAST_SLICES:
             x = self._run(x, start, stop)

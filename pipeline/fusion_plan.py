@@ -16,6 +16,7 @@ from pipeline.core.errors import CoconetError
 from pipeline.core.imageio import IMAGE_SUFFIXES, ImageError, match_pairs, read_image
 from pipeline.core.params import DEFAULT_MAX_PIXELS
 
+OFFICIAL = "official"  # --model official: the authors' trained model
 MODEL_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "file:/")
 CLOUD_SCHEMES = {"s3://": "boto3", "gs://": "google.cloud.storage"}  # need these installed
 
@@ -31,7 +32,7 @@ def check_model_source(source: str) -> bool:
     """Whether ``--model`` is an MLflow URI (True) or a file / ``official`` (False); anything
     else (no such file, a scheme this installation cannot read) is a one-line
     :class:`ModelSourceError` naming what is supported."""
-    if source == "official":
+    if source == OFFICIAL:
         return False
     if Path(source).is_file():
         return False

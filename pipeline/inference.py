@@ -1,8 +1,9 @@
 """Fusing image pairs with a trained CoCoNet: model loading, file and folder runs.
 
 The array fusion itself (precision, memory budget, tiles, colour) is :mod:`pipeline.fusion`.
-MLflow is imported only for a model URI (:mod:`pipeline.tracking.model_store`): fusing with a
-model file must not pay for it.
+MLflow is imported only for a model URI (:mod:`pipeline.tracking.model_store`) and the official
+model's downloader (requests, pooch) only for ``official``: fusing with a model file must not pay
+for them.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from models.coconet import CoCoNet
@@ -24,8 +27,13 @@ from pipeline.core.imageio import write_image
 from pipeline.core.params import DEFAULT_MAX_PIXELS, PROJECT_ROOT
 from pipeline.core.placement import Placement
 from pipeline.fusion import fuse_arrays
-from pipeline.fusion_plan import ModelSourceError, check_model_source, check_output, read_pair
-from pipeline.reference_models import OFFICIAL, official_checkpoint
+from pipeline.fusion_plan import (
+    OFFICIAL,
+    ModelSourceError,
+    check_model_source,
+    check_output,
+    read_pair,
+)
 
 STATE_KEYS = ("state_dict", "model", "model_state_dict")
 
@@ -87,7 +95,24 @@ def load_checkpoint_model(path: str | Path) -> CoCoNet:
 
 def load_mlflow_model(uri: str, root: Path = PROJECT_ROOT) -> CoCoNet:
     """A CoCoNet from an MLflow model URI (``models:/coconet@champion``, ``runs:/<id>/model``)
-    in the store of the project at ``root``."""
+    in the store of the project at ``root``: read straight from an embedded SQLite store or
+    over a tracking server's REST API where that gives MLflow's answer
+    (:mod:`pipeline.tracking.sqlite_registry`, :mod:`pipeline.tracking.rest_registry`), else
+    through MLflow."""
+    from pipeline.tracking.model_folder import load_model_dir
+    from pipeline.tracking.sqlite_registry import model_folder
+
+    with tempfile.TemporaryDirectory(prefix="coconet-model-") as tmp:
+        try:
+            folder = model_folder(uri, root)
+            if folder is None:
+                from pipeline.tracking.rest_registry import fetch_model  # urllib: servers only
+
+                folder = fetch_model(uri, Path(tmp), root)
+            if folder is not None:
+                return load_model_dir(folder)
+        except CoconetError as exc:
+            raise ModelLoadError(f"{uri}: {str(exc).replace(tmp + os.sep, '')}") from exc
     from pipeline.tracking.model_store import ModelStoreError, load_registered_model
 
     try:
@@ -101,6 +126,8 @@ def load_fusion_model(source: str, placement: Placement, root: Path = PROJECT_RO
     URI (in the store of the project at ``root``) or ``official`` (the authors' trained model:
     downloaded, verified, converted once, cached)."""
     if source == OFFICIAL:
+        from pipeline.reference_models import official_checkpoint
+
         source = str(official_checkpoint())
     try:
         is_uri = check_model_source(source)
@@ -122,9 +149,16 @@ def fuse_files(
 ) -> Path:
     """Fuse one pair of files into ``out_path`` (written atomically; a failed write raises
     ImageError naming ``out_path``)."""
+    vis, ir = _read_checked(vis_path, ir_path, out_path, resize, bits, max_pixels)
+    return write_image(out_path, fuse_arrays(model, vis, ir, placement), bits=bits)
+
+
+def _read_checked(
+    vis_path: Path, ir_path: Path, out_path: Path, resize: bool, bits: int, max_pixels: int
+) -> tuple[np.ndarray, np.ndarray]:
     vis, ir = read_pair(Path(vis_path), Path(ir_path), resize, max_pixels)
     check_output(Path(out_path), vis.ndim == 3, bits)
-    return write_image(out_path, fuse_arrays(model, vis, ir, placement), bits=bits)
+    return vis, ir
 
 
 def fuse_directory(
@@ -138,16 +172,34 @@ def fuse_directory(
 ) -> list[Path]:
     """Fuse every planned pair, all or nothing: the images are written to a staging folder in
     the output folder and moved into place only when every pair is fused, so a failure (a bad
-    pair, a full disk) leaves the output folder as it was. ``progress`` wraps the iteration."""
+    pair, a full disk) leaves the output folder as it was. ``progress`` wraps the iteration.
+
+    Reading and writing stay off the network's path: the next pair is read, and the previous
+    result written, in a helper thread while the network fuses (one pair ahead, one write
+    behind, so memory holds at most three pairs)."""
     plan = list(plan)
     if not plan:
         return []
     out_dir = plan[0][2].parent
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".coconet-partial-", dir=out_dir))
+
+    def read(index: int) -> Future:
+        vis, ir, out = plan[index]
+        return helper.submit(_read_checked, vis, ir, staging / out.name, resize, bits, max_pixels)
+
     try:
-        for vis, ir, out in progress(plan):
-            fuse_files(model, vis, ir, staging / out.name, placement, resize, bits, max_pixels)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="coconet-io") as helper:
+            pending, written = read(0), None
+            for index, (_, _, out) in enumerate(progress(plan)):
+                vis, ir = pending.result()
+                if index + 1 < len(plan):
+                    pending = read(index + 1)
+                fused = fuse_arrays(model, vis, ir, placement)
+                if written is not None:
+                    written.result()  # raises a failed write here, naming the file
+                written = helper.submit(write_image, staging / out.name, fused, bits)
+            written.result()
         for _, _, out in plan:
             os.replace(staging / out.name, out)
     finally:

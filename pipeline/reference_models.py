@@ -18,12 +18,12 @@ from pipeline.catalogue import load_weights, url_key
 from pipeline.catalogue.fetch import MIRROR_ENV, Request, cache_dir, fetch_all, resolve_mirror
 from pipeline.core.atomic import atomic_path
 
-OFFICIAL = "official"
+OFFICIAL_WEIGHT = ("coconet", "official")  # the catalogue's entry for the authors' model
 CONVERTED_VGG_FILL = "random"
 
 
 def _official_request() -> Request:
-    weight = load_weights()[("coconet", OFFICIAL)]
+    weight = load_weights()[OFFICIAL_WEIGHT]
     hint = (
         f"Offline? Set {MIRROR_ENV} (or download.mirror) to a mirror holding it, or convert a "
         "copy you have with: coconet import-official PATH -o OUT.pt"

@@ -176,8 +176,12 @@ LAZY_IMPORTS = {  # module -> why it imports inside functions (measured, needed)
     "pipeline/cli/official.py": "the CLI answers --help and argument errors without torch",
     "flows/cli.py": "the CLI answers --help without Prefect (2-3 s to import)",
     "pipeline/core/placement.py": "params and the CLI read the vocabulary without torch",
-    "pipeline/inference.py": "mlflow (about 2 s) only for a model URI, not a model file",
+    "pipeline/inference.py": "mlflow (about 2 s) only for a model URI SQLite cannot answer, "
+    "requests (0.13 s) only for the official model, neither for a model file",
     "pipeline/stages/masks.py": "torch and segment-anything only for masks.method: sam",
+    "pipeline/core/decoding.py": "tifffile (0.2 s) only for TIFF inputs, not on fuse's PNG path",
+    "pipeline/core/imageio.py": "tifffile (0.2 s) only for TIFF outputs, not on fuse's PNG path",
+    "models/vgg.py": "torchvision (about 2 s: torch._dynamo, sympy) only for ImageNet weights",
 }
 MLFLOW_DOOR = "pipeline/tracking"
 CUDA_PROBE = "torch.cuda.is_available"

@@ -179,8 +179,6 @@ def fuse(
     except CoconetError as exc:
         fail(str(exc))
 
-    from rich.progress import track
-
     from pipeline.fusion import fuse_arrays
     from pipeline.inference import fuse_directory, load_fusion_model
 
@@ -192,6 +190,7 @@ def fuse(
             write_image(output, fuse_arrays(net, vis_image, ir_image, placement), bits=depth)
             typer.echo(f"wrote {output}: fused {how}")
         else:
+            from rich.progress import track
 
             def progress(items):
                 return track(items, description="fusing", total=len(plan), transient=True)

@@ -24,7 +24,6 @@ import logging
 from typing import BinaryIO
 
 import numpy as np
-import tifffile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.core.errors import CoconetError
@@ -83,6 +82,8 @@ def _decode_pil(stream: BinaryIO, name: str, max_pixels: int) -> np.ndarray:
 
 
 def _decode_tiff(stream: BinaryIO, name: str, max_pixels: int) -> np.ndarray:
+    import tifffile  # only for TIFF: 0.2 s that PNG/BMP/JPEG fusion does not pay
+
     with tifffile.TiffFile(stream) as tif:
         if len(tif.series) != 1 or len(tif.pages) != 1:
             raise ImageError(f"{name}: a multi-page TIFF; give one image per file")

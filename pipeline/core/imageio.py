@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from PIL import Image
 
 from models.luma import LUMA_WEIGHTS
@@ -70,6 +69,8 @@ def write_image(path: str | Path, image: np.ndarray, bits: int = 8) -> Path:
 
     def _write(tmp: Path) -> None:
         if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile  # only for TIFF output (0.2 s)
+
             tifffile.imwrite(tmp, array)
         else:
             Image.fromarray(array).save(tmp, format=_PIL_FORMATS[path.suffix.lower()])

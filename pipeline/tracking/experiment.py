@@ -20,7 +20,6 @@ import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import mlflow
 from filelock import FileLock
@@ -28,54 +27,24 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import ViewType
 
-from pipeline.core.errors import CoconetError
-from pipeline.core.params import PROJECT_ROOT, Params, TrackingParams, load_params
+from pipeline.core.params import PROJECT_ROOT, Params, TrackingParams
 from pipeline.tracking import names
 from pipeline.tracking.dvc_lock import LOCK_FILE as DVC_LOCK_FILE
 from pipeline.tracking.dvc_lock import stage_out_hashes
-from pipeline.tracking.store_health import check_sqlite_store, mark_stale_runs
+from pipeline.tracking.store_file import (
+    StoreError,
+    check_sqlite_store,
+    local_path,
+    missing_store,
+    outside_project,
+    resolve_tracking_uri,
+    sqlite_file,
+    tracking_params,
+)
+from pipeline.tracking.store_health import mark_stale_runs
 
 DATA_STAGES = ("download", "masks", "patches")
 log = logging.getLogger(__name__)
-
-
-def resolve_tracking_uri(uri: str, root: Path = PROJECT_ROOT) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else ``uri`` with a relative SQLite/file path made
-    absolute against ``root`` (so every stage finds the same store whatever its cwd)."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{(root / uri.removeprefix('sqlite:///')).resolve()}"
-    if "://" not in uri:
-        return (root / uri).resolve().as_uri()
-    return uri
-
-
-class StoreError(CoconetError, RuntimeError):
-    """The MLflow store is missing, or is another copy of the project's."""
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (resolved); None for any other store."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path).resolve()
-
-
-def _local_path(location: str, root: Path) -> Path | None:
-    """The folder of a ``file:`` or plain-path artifact location (a relative one against
-    ``root``); None for remote ones."""
-    parsed = urlparse(location)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path)).resolve()
-    return (root / location).resolve() if not parsed.scheme else None
-
-
-def _tracking_params(root: Path) -> TrackingParams:
-    path = root / "params.yaml"
-    return load_params(path).tracking if path.is_file() else TrackingParams()
 
 
 def connect(
@@ -94,14 +63,11 @@ def connect(
     still records the original's absolute paths and would read and write them.
     """
     root = root.resolve()
-    tracking = tracking or _tracking_params(root)
+    tracking = tracking or tracking_params(root)
     uri = uri or resolve_tracking_uri(tracking.uri, root)
     db = sqlite_file(uri)
     if db is not None and not db.is_file() and not create:
-        raise StoreError(
-            f"{db}: no MLflow store here; run the pipeline first (dvc repro) "
-            "or set MLFLOW_TRACKING_URI"
-        )
+        raise missing_store(db)
     if db is not None and db.is_file():
         check_sqlite_store(db)
         if db.is_relative_to(root):
@@ -119,18 +85,13 @@ def connect(
 
 
 def _check_locations(uri: str, db: Path, root: Path, tracking: TrackingParams) -> None:
-    allowed = [root, _local_path(tracking.artifact_root, root) or root]
+    allowed = [root, local_path(tracking.artifact_root, root) or root]
     for exp in mlflow.MlflowClient(uri).search_experiments(view_type=ViewType.ALL):
-        path = _local_path(exp.artifact_location, root)
+        path = local_path(exp.artifact_location, root)
         if exp.experiment_id == "0" or path is None:
             continue
         if not any(path.is_relative_to(a) for a in allowed):
-            raise StoreError(
-                f"{db}: experiment {exp.name!r} keeps its artifacts in {path}, outside this "
-                f"project ({root}): the project was copied or moved with its MLflow store; "
-                "move it back, or start a fresh store here (remove mlflow.db and mlartifacts/, "
-                "then dvc repro), or set MLFLOW_TRACKING_URI"
-            )
+            raise outside_project(db, exp.name, path, root)
 
 
 def setup_experiment(params: Params, root: Path = PROJECT_ROOT) -> str:
@@ -199,7 +160,7 @@ def attach_uri(info: dict[str, Any], root: Path = PROJECT_ROOT) -> str:
     recorded by training, unless that is a SQLite store other than this project's that no
     longer exists or lies in another project (a copied or moved project's record)."""
     root = root.resolve()
-    tracking = _tracking_params(root)
+    tracking = tracking_params(root)
     env = os.environ.get("MLFLOW_TRACKING_URI")
     uri = env or info["tracking_uri"]
     db = None if env else sqlite_file(uri)

@@ -5,10 +5,12 @@ Model folder (``runs:/<run>/model``)::
 
     MLmodel                      python_function: loader_module pipeline.tracking.pyfunc_model
     data/coconet/config.json     format, version, vgg_weights, precision, params_digest, tensors
-    data/coconet/model.safetensors   the full state dict (VGG tensors included)
+    data/coconet/model.safetensors   the fusion state dict (the VGG-19 layers fusion runs, not
+                                 conv4_1 .. conv5_4, which only the training loss uses)
 
-Loading reads only those two files: anything else in place of the weights (a pickle, a torch
-``.pth``) is a :class:`ModelFormatError`, never executed.
+Loading (:mod:`pipeline.tracking.model_folder`, which imports no MLflow) reads only those two
+files: anything else in place of the weights (a pickle, a torch ``.pth``) is a
+:class:`ModelFormatError`, never executed.
 
 The model carries a signature (string columns ``vis`` and ``ir`` in, ``fused`` out) and an
 input example; its requirements name this package (``coconet``) and the libraries it needs, and
@@ -30,32 +32,32 @@ from typing import Any
 
 import mlflow
 import torch
-import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load, save_file
+from safetensors.torch import save_file
 
-from models.coconet import CoCoNet
-from models.state import StateDictError, coconet_from_state
-from pipeline.core.errors import CoconetError
+from models.state import fusion_state
 from pipeline.core.placement import place
+from pipeline.tracking.model_folder import (  # noqa: F401  (load_model_dir, ModelFormatError: API)
+    CONFIG_FILE,
+    DATA_DIR,
+    FORMAT,
+    FORMAT_VERSION,
+    LOADER_MODULE,
+    WEIGHTS_FILE,
+    ModelFormatError,
+    load_model_dir,
+    load_weights,
+)
 from pipeline.tracking.served_model import SIGNATURE, FusionModel, input_example
 
-FORMAT, FORMAT_VERSION = "coconet-safetensors", 1
-DATA_DIR, CONFIG_FILE, WEIGHTS_FILE = "coconet", "config.json", "model.safetensors"
-MAX_CONFIG_BYTES = 1 << 20
 PACKAGE = "coconet"
 REQUIRED = ("torch", "torchvision", "numpy", "safetensors", "pandas", "pillow", "kornia")
 REQUIRED += ("tifffile", "psutil", "pyyaml", "mlflow")
 
 
-class ModelFormatError(CoconetError, ValueError):
-    """A model folder is not a CoCoNet pyfunc model in this format."""
-
-
 def write_model_data(model: torch.nn.Module, folder: Path, config: dict[str, Any]) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (format, tensors, dtype added) to
     ``folder``, which is returned."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in fusion_state(model.state_dict()).items()}
     folder.mkdir(parents=True, exist_ok=True)
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values()})
@@ -96,82 +98,12 @@ def log_model(model: torch.nn.Module, config: dict[str, Any], name: str = "model
         data = write_model_data(model, Path(tmp) / DATA_DIR, config)
         return mlflow.pyfunc.log_model(
             name=name,
-            loader_module=__name__,
+            loader_module=LOADER_MODULE,
             data_path=str(data),
             pip_requirements=pip_requirements(),
             signature=SIGNATURE,
             input_example=input_example(),
         )
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelFormatError(f"{path}: missing (not a CoCoNet pyfunc model folder)")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ModelFormatError(f"{path}: too large for a model config")
-    try:
-        config = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ModelFormatError(f"{path}: not a {FORMAT} config")
-    if config.get("version") != FORMAT_VERSION:
-        raise ModelFormatError(
-            f"{path}: format version {config.get('version')!r}, this code reads {FORMAT_VERSION}"
-        )
-    if not isinstance(config.get("vgg_weights"), str):
-        raise ModelFormatError(f"{path}: no vgg_weights entry")
-    return config
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file; anything else is refused before it is parsed."""
-    if not path.is_file():
-        raise ModelFormatError(f"{path}: missing (not a CoCoNet pyfunc model folder)")
-    data = path.read_bytes()
-    header = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
-    if not (2 <= header <= len(data) - 8 and data[8:9] == b"{"):
-        raise ModelFormatError(
-            f"{path}: not a safetensors file (refused; weights are never unpickled)"
-        )
-    try:
-        return load(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise ModelFormatError(f"{path}: not a readable safetensors file ({exc})") from exc
-
-
-def load_weights(folder: str | Path) -> CoCoNet:
-    """A CoCoNet in eval mode from ``config.json`` and ``model.safetensors`` in ``folder``."""
-    folder = Path(folder)
-    config = _read_config(folder / CONFIG_FILE)
-    state = _read_weights(folder / WEIGHTS_FILE)
-    try:
-        return coconet_from_state(state, config["vgg_weights"], str(folder / WEIGHTS_FILE))
-    except StateDictError as exc:
-        raise ModelFormatError(str(exc)) from exc
-
-
-def load_model_dir(path: str | Path) -> CoCoNet:
-    """A CoCoNet from a downloaded model folder whose ``MLmodel`` names this loader module."""
-    path = Path(path)
-    mlmodel = path / "MLmodel"
-    try:
-        spec = yaml.safe_load(mlmodel.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ModelFormatError(f"{mlmodel}: not a readable MLmodel file ({exc})") from exc
-    flavors = spec.get("flavors") if isinstance(spec, dict) else None
-    flavor = flavors.get("python_function") if isinstance(flavors, dict) else None
-    flavor = flavor if isinstance(flavor, dict) else {}
-    loader = flavor.get("loader_module")
-    if loader != __name__:
-        raise ModelFormatError(
-            f"{mlmodel}: loader module {loader!r}, not {__name__} (a model logged in another "
-            "format, possibly pickled, is refused; retrain it with this version)"
-        )
-    data = (path / str(flavor.get("data", ""))).resolve()
-    if flavor.get("code") or not data.is_relative_to(path.resolve()):
-        raise ModelFormatError(f"{mlmodel}: code paths or data outside the model folder")
-    return load_weights(data)
 
 
 def _load_pyfunc(data_path: str) -> FusionModel:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from models.state import fusion_state
 from pipeline.core.atomic import atomic_path
 
 HISTORY_KEYS = ("step", "epoch", "phase")
@@ -31,9 +32,10 @@ def write_loss_csv(path: Path, history: Sequence[Sequence[float]], terms: Sequen
 
 
 def write_model_file(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
-    """``model.pt``: the state dict (on the CPU) and ``meta`` (vgg_weights, precision,
-    params), written atomically; loaded with ``weights_only=True``."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    """``model.pt``: the fusion state dict (on the CPU; without the VGG-19 layers only the
+    training loss uses, :func:`models.state.fusion_state`) and ``meta`` (vgg_weights,
+    precision, params), written atomically; loaded with ``weights_only=True``."""
+    state = {k: v.detach().cpu() for k, v in fusion_state(model.state_dict()).items()}
     with atomic_path(path) as tmp:
         torch.save({"state_dict": state, **meta}, tmp)
     return path

@@ -21,6 +21,7 @@ from models.coconet import CoCoNet
 from models.objective import TOTAL, FusionObjective
 from models.official import VGG19_CONVS
 from models.scaling import to_signed, to_unit
+from models.state import is_contrast_only
 from pipeline.core.errors import CoconetError, InputError
 from pipeline.core.params import Params, TrainParams
 from pipeline.core.paths import ProjectPaths
@@ -87,15 +88,16 @@ def load_initial_weights(model, source: str) -> None:
     """Fine-tuning: start from ``source`` ('official' or a checkpoint file) instead of scratch.
 
     Every tensor comes from the checkpoint except VGG-19 layers it says it lacks (an official
-    checkpoint holds conv1_1 .. conv3_4): those keep ``model.vgg_weights``.
+    checkpoint holds conv1_1 .. conv3_4) or, a fusion model file, does not hold (conv4_1 ..,
+    used only by the contrastive loss): those keep ``model.vgg_weights``.
     """
     path = official_checkpoint() if source == "official" else Path(source)
     state, meta = checkpoint_state(path)
-    unset = meta.get("official", {}).get("vgg_not_set", [])
-    if unset:
-        keep = model.state_dict()
-        for key in vgg_keys(unset):
-            state[key] = keep[key]
+    keep = model.state_dict()
+    unset = vgg_keys(meta.get("official", {}).get("vgg_not_set", []))
+    unset += [key for key in keep if is_contrast_only(key) and key not in state]
+    for key in unset:
+        state[key] = keep[key]
     model.load_state_dict(state)
 
 

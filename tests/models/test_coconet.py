@@ -13,9 +13,11 @@ from models.coconet import CoCoNet, crop_padding, pad_to_multiple
 from models.summary import count_macs
 from models.vgg import (
     VGG19_FILE,
+    VGG19_URL,
     VGGWeightsError,
     build_vgg19_features,
     luminance_first_conv,
+    vgg19_layers,
 )
 
 TRAINABLE = 6_789_764  # the paper's ≈ 6.79 M
@@ -168,6 +170,18 @@ def _torchvision_vgg19_state(tmp_path) -> dict[str, torch.Tensor]:
     torch.manual_seed(5)
     features = make_layers(cfgs["E"])
     return {f"features.{k}": v for k, v in features.state_dict().items()}
+
+
+def test_vgg_layers_are_torchvisions_with_a_grey_first_conv():
+    from torchvision.models import VGG19_Weights
+
+    ours, theirs = vgg19_layers(), make_layers(cfgs["E"])
+    assert [type(m) for m in ours] == [type(m) for m in theirs]
+    shapes = {k: v.shape for k, v in theirs.state_dict().items()}
+    shapes["0.weight"] = torch.Size([64, 1, 3, 3])
+    assert {k: v.shape for k, v in ours.state_dict().items()} == shapes
+    assert str(ours) == str(theirs).replace("Conv2d(3, 64", "Conv2d(1, 64")
+    assert VGG19_Weights.IMAGENET1K_V1.url == VGG19_URL
 
 
 def test_vgg_from_local_file_adapts_the_first_conv(tmp_path):

@@ -18,6 +18,7 @@ from pipeline.core.imageio import read_image, write_image
 from pipeline.core.params import PROJECT_ROOT
 from pipeline.fusion import fuse_arrays
 from pipeline.inference import ModelLoadError, load_fusion_model
+from pipeline.training.outputs import write_model_file
 from tests.helpers.models import CPU_FP32
 
 runner = CliRunner()
@@ -83,6 +84,21 @@ def test_checkpoint_round_trip(random_model, tmp_path, key):
         fuse_arrays(random_model, vis, ir, CPU_FP32),
         atol=1e-6,
     )
+
+
+def test_old_full_vgg_model_files_load_and_fuse_as_lean_ones(random_model, tmp_path):
+    """A model.pt written before lean files (the whole VGG-19, 107 MB) fuses exactly as the
+    lean file of the same network (only the VGG-19 layers fusion runs, about a third)."""
+    old, lean = tmp_path / "old.pt", tmp_path / "lean.pt"
+    torch.save({"state_dict": random_model.state_dict(), "vgg_weights": "random"}, old)
+    write_model_file(lean, random_model, {"vgg_weights": "random", "params": {}})
+    assert lean.stat().st_size < 0.35 * old.stat().st_size
+    vis, ir = _rand((21, 30), 1), _rand((21, 30), 2)
+    fused = [
+        fuse_arrays(load_fusion_model(str(p), CPU_FP32), vis, ir, CPU_FP32) for p in (old, lean)
+    ]
+    np.testing.assert_array_equal(fused[0], fused[1])
+    np.testing.assert_allclose(fused[0], fuse_arrays(random_model, vis, ir, CPU_FP32), atol=1e-6)
 
 
 def test_bad_checkpoints(tmp_path):
@@ -319,3 +335,24 @@ def test_help_and_bad_input_fail_before_heavy_imports(tmp_path):
         assert needle in got["output"], (name, got["output"])
     transparent = report[3]["output"]  # inputs are read (and reported) before the model
     assert f"warning: {vis}: has transparent pixels" in transparent, transparent
+
+
+NOT_FOR_FUSION = ("torchvision", "sympy", "torch._dynamo", "kornia", "mlflow", "requests")
+NOT_FOR_FUSION += ("tifffile", "prefect", "rich.progress")
+
+
+def test_fusing_a_pair_from_a_model_file_imports_only_what_fusion_needs(random_model, tmp_path):
+    model = write_model_file(tmp_path / "model.pt", random_model, {"vgg_weights": "random"})
+    vis, ir, out = tmp_path / "vis.png", tmp_path / "ir.png", tmp_path / "fused.png"
+    write_image(vis, _rand((24, 40), 3))
+    write_image(ir, _rand((24, 40), 4))
+    argv = ["fuse", "--model", model, "--ir", ir, "--vis", vis, "-o", out, "--precision", "bf16"]
+    result = subprocess.run(
+        [sys.executable, "-c", REPORTER, json.dumps([[str(a) for a in argv]]),
+         json.dumps(NOT_FOR_FUSION)],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (got,) = json.loads(result.stdout.splitlines()[-1])
+    assert got["code"] == 0 and out.is_file(), got
+    assert got["heavy"] == [], f"fuse imported {got['heavy']}"

@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from models.state import fusion_state, is_contrast_only
 from pipeline.cli import app
 from pipeline.core.imageio import write_image
 from pipeline.core.params import Params
@@ -84,12 +86,16 @@ def test_loads_through_alias_and_run_uri_without_pickle(store, random_model):
     names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     assert {"data/coconet/model.safetensors", "data/coconet/config.json"} <= names
     assert not [n for n in names if n.endswith((".pth", ".pkl", ".pt"))], names
+    stored = load_file(folder / "data/coconet/model.safetensors")  # lean: what fusion runs
+    assert set(stored) == set(fusion_state(random_model.state_dict()))
+    assert not any(is_contrast_only(key) for key in stored)
     expected = random_model.state_dict()
     for uri in ("models:/coconet@champion", store["run_model_uri"]):
         model = load_fusion_model(uri, CPU_FP32)
         assert not model.training and model.vgg_weights == "random"
         state = model.state_dict()
-        assert all(torch.equal(state[k], v) for k, v in expected.items())
+        assert set(state) == set(stored)
+        assert all(torch.equal(v, expected[k]) for k, v in state.items())
 
 
 def test_planted_pickle_is_refused_and_never_runs(store, tmp_path):

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.tracking import names
 from pipeline.tracking.experiment import connect
-from pipeline.tracking.store_health import StoreFileError, owner_tags
+from pipeline.tracking.store_file import StoreFileError
+from pipeline.tracking.store_health import owner_tags
 
 runner = CliRunner()
 

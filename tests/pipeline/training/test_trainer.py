@@ -15,7 +15,9 @@ import pytest
 import torch
 import yaml
 
+from models.coconet import CoCoNet
 from models.objective import FusionObjective
+from models.state import is_contrast_only
 from pipeline.core.params import PROJECT_ROOT
 from pipeline.core.paths import ProjectPaths
 from pipeline.stages import train
@@ -78,6 +80,14 @@ def test_two_phase_training_writes_every_output(project, tiny_params):
     loaded = load_mlflow_model(record["run_model_uri"])
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, saved["state_dict"][key]), key
+    assert set(loaded.state_dict()) == set(saved["state_dict"])
+
+    # model.pt holds what fusion needs; the checkpoint what resuming needs (the whole VGG-19)
+    lean = set(CoCoNet("random", fusion_only=True).state_dict())
+    assert set(saved["state_dict"]) == lean
+    resumable = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(project.checkpoints))
+    assert set(resumable["model"]) == set(CoCoNet("random").state_dict())
+    assert any(is_contrast_only(key) for key in resumable["model"])
 
 
 def test_resume_after_crash_matches_uninterrupted_run(
@@ -380,6 +390,26 @@ def test_fine_tuning_starts_from_a_converted_official_checkpoint(tmp_path, tiny_
     assert torch.equal(state["vgg.features.0.weight"], file_state["vgg.features.0.weight"])
     deep = "vgg.features.{}.weight".format(trainer.vgg_keys(["conv5_1"])[0].split(".")[2])
     assert not torch.equal(state[deep], file_state[deep])  # not from the file: model.vgg_weights
+
+
+def test_fine_tuning_from_a_lean_model_file_keeps_the_deep_vgg_of_the_params(tmp_path, tiny_params):
+    """A fusion model file lacks conv4_1 .. conv5_4: fine-tuning takes them from
+    model.vgg_weights, every other tensor from the file."""
+    from pipeline.training.outputs import write_model_file
+
+    torch.manual_seed(7)
+    source = CoCoNet(vgg_weights="random")
+    lean = tmp_path / "model.pt"
+    write_model_file(lean, source, {"vgg_weights": "random", "params": {}})
+    file_state = torch.load(lean, weights_only=True)["state_dict"]
+    batch = torch.rand(4, 3, 32, 32)
+    net = trainer.Trainer(tiny_params(init_from=str(lean)), batch, Runtime(CPU_FP32))
+    state = net.model.state_dict()
+    for key, value in file_state.items():
+        assert torch.equal(state[key], value), key
+    deep = [key for key in state if is_contrast_only(key)]
+    assert deep and not any(key in file_state for key in deep)
+    assert not torch.equal(state[deep[0]], source.state_dict()[deep[0]])  # from the params
 
 
 class ObjectiveWithTotalVariation(FusionObjective):
