@@ -20,6 +20,7 @@ import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import mlflow
 from filelock import FileLock
