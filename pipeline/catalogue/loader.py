@@ -117,17 +117,25 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def read_files_tsv(path: Path) -> tuple[CatalogueFile, ...]:
-    """Read a dataset's file list, checking columns, roles and hashes."""
+def read_tsv_rows(path: Path, columns: Iterable[str]) -> list[tuple[int, dict[str, str]]]:
+    """A catalogue TSV's rows with their line numbers; an unreadable file or a missing column
+    is a :class:`CatalogueError` naming the file."""
+    columns = tuple(columns)
     try:
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle, delimiter="\t"))
     except OSError as exc:
         raise CatalogueError(f"{path}: cannot read file list: {exc}") from exc
+    for row in rows:
+        if set(columns) - set(row):
+            raise CatalogueError(f"{path}: columns must be {', '.join(columns)}")
+    return list(enumerate(rows, start=2))
+
+
+def read_files_tsv(path: Path) -> tuple[CatalogueFile, ...]:
+    """Read a dataset's file list, checking columns, roles and hashes."""
     files = []
-    for number, row in enumerate(rows, start=2):
-        if set(TSV_COLUMNS) - set(row):
-            raise CatalogueError(f"{path}: columns must be {', '.join(TSV_COLUMNS)}")
+    for number, row in read_tsv_rows(path, TSV_COLUMNS):
         if row["role"] not in ROLES or not re.fullmatch(r"[0-9a-f]{64}", row["sha256"]):
             raise CatalogueError(f"{path}:{number}: bad role or sha256 in {row}")
         files.append(

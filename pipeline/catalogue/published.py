@@ -16,7 +16,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
-from pipeline.catalogue.loader import CATALOGUE_DIR, CatalogueError, _read_yaml, url_key
+from pipeline.catalogue.loader import (
+    CATALOGUE_DIR,
+    CatalogueError,
+    _read_yaml,
+    read_tsv_rows,
+    url_key,
+)
 
 PUBLISHED_DIR = CATALOGUE_DIR / "published"
 PUBLISHED_COLUMNS = (
@@ -79,15 +85,8 @@ def available_published() -> list[str]:
 
 def read_published_tsv(path: Path) -> tuple[PublishedFile, ...]:
     """Read a published file list, checking columns, hashes and match methods."""
-    try:
-        with path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t"))
-    except OSError as exc:
-        raise CatalogueError(f"{path}: cannot read file list: {exc}") from exc
     files = []
-    for number, row in enumerate(rows, start=2):
-        if set(PUBLISHED_COLUMNS) - set(row):
-            raise CatalogueError(f"{path}: columns must be {', '.join(PUBLISHED_COLUMNS)}")
+    for number, row in read_tsv_rows(path, PUBLISHED_COLUMNS):
         if not re.fullmatch(r"[0-9a-f]{64}", row["sha256"]):
             raise CatalogueError(f"{path}:{number}: bad sha256 {row['sha256']!r}")
         if bool(row["pair"]) != bool(row["method"]) or row["method"] not in ("", *METHODS):
