@@ -174,6 +174,7 @@ LAZY_IMPORTS = {  # module -> why it imports inside functions (measured, needed)
     "pipeline/cli/stages.py": "the CLI answers --help and argument errors without torch/mlflow",
     "pipeline/cli/tools.py": "the CLI answers --help and argument errors without torch/mlflow",
     "pipeline/cli/official.py": "the CLI answers --help and argument errors without torch",
+    "pipeline/cli/mirror.py": "fusing and --help never import pooch/requests (the fetch code)",
     "flows/cli.py": "the CLI answers --help without Prefect (2-3 s to import)",
     "pipeline/core/placement.py": "params and the CLI read the vocabulary without torch",
     "pipeline/inference.py": "mlflow (about 2 s) only for a model URI SQLite cannot answer, "

@@ -7,14 +7,6 @@ from typing import Annotated
 
 import typer
 
-from pipeline.catalogue.mirror import (
-    build_mirror,
-    dataset_requests,
-    mirrorable_datasets,
-    mirrorable_published,
-    published_requests,
-    weight_requests,
-)
 from pipeline.cli.app import ParamsOption, app
 from pipeline.core.params import PARAMS_FILE, DownloadParams, load_params
 
@@ -78,6 +70,15 @@ def build(
     """Fetch the catalogued files into FOLDER/HOST/PATH, each verified against its checksum,
     and write FOLDER/MANIFEST.tsv (url, sha256, bytes) last. Files already there and intact
     are kept; a file that fails verification is not kept."""
+    from pipeline.catalogue.mirror import (
+        build_mirror,
+        dataset_requests,
+        mirrorable_datasets,
+        mirrorable_published,
+        published_requests,
+        weight_requests,
+    )
+
     published = mirrorable_published()
     chosen_sets = datasets or [*mirrorable_datasets(), *published]
     requests = dataset_requests([n for n in chosen_sets if n not in published])
