@@ -136,11 +136,11 @@ def build_vgg19_features(weights: str = "imagenet", depth: int | None = None) ->
     there would import ``torch._dynamo`` and sympy (about 2 s)."""
     features = vgg19_layers(depth)
     if weights == "random":
-        convs = [m for m in features.modules() if isinstance(m, nn.Conv2d)]
-        for conv in [] if features[0].weight.is_meta else convs:
-            # torchvision's own VGG initialisation
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
+        if not features[0].weight.is_meta:
+            for conv in (m for m in features.modules() if isinstance(m, nn.Conv2d)):
+                # torchvision's own VGG initialisation
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
     else:
         if weights == "imagenet":
             state, source = _imagenet_state_dict(), VGG19_URL

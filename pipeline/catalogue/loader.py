@@ -190,12 +190,19 @@ def _excluded_pairs(
     return splits, reasons
 
 
+def catalogue_entry(folder: Path, name: str, kind: str, known: Iterable[str]) -> Path:
+    """``folder/<name>.yaml``; a missing one is an error naming the ``known`` entries."""
+    entry = folder / f"{name}.yaml"
+    if not entry.is_file():
+        raise CatalogueError(
+            f"unknown {kind} {name!r}: no {entry} (catalogued: {', '.join(known)})"
+        )
+    return entry
+
+
 def load_dataset(name: str) -> Dataset:
     """Load one catalogue entry; every pair must have infrared and visible files."""
-    entry = DATASETS_DIR / f"{name}.yaml"
-    if not entry.is_file():
-        known = ", ".join(available_datasets())
-        raise CatalogueError(f"unknown dataset {name!r}: no {entry} (catalogued: {known})")
+    entry = catalogue_entry(DATASETS_DIR, name, "dataset", available_datasets())
     meta = _read_yaml(entry)
     if meta.get("split") not in ("train", "test"):
         raise CatalogueError(f"{entry}: split must be train or test")

@@ -65,14 +65,18 @@ def weight_requests(selected: Iterable[tuple[str, str]]) -> list[Request]:
     return requests
 
 
-def mirrorable_published() -> list[str]:
-    """Every catalogued published set."""
-    return available_published()
+def mirrorable_sets() -> list[str]:
+    """Every catalogued dataset that has public URLs, then every published set."""
+    datasets = [name for name in available_datasets() if not load_dataset(name).local]
+    return [*datasets, *available_published()]
 
 
-def mirrorable_datasets() -> list[str]:
-    """Every catalogued dataset that has public URLs."""
-    return [name for name in available_datasets() if not load_dataset(name).local]
+def set_requests(names: Iterable[str]) -> list[Request]:
+    """The files of the named catalogued datasets and published sets."""
+    names, published = list(names), set(available_published())
+    return dataset_requests([n for n in names if n not in published]) + published_requests(
+        [n for n in names if n in published]
+    )
 
 
 def _sha256(path: Path) -> str:

@@ -20,6 +20,7 @@ from pipeline.catalogue.loader import (
     CATALOGUE_DIR,
     CatalogueError,
     _read_yaml,
+    catalogue_entry,
     read_tsv_rows,
     url_key,
 )
@@ -106,10 +107,7 @@ def write_published_tsv(handle: TextIO, files: Iterable[PublishedFile]) -> None:
 
 def load_published(name: str) -> Published:
     """Load ``published/<name>.yaml`` and its file list."""
-    entry = PUBLISHED_DIR / f"{name}.yaml"
-    if not entry.is_file():
-        known = ", ".join(available_published())
-        raise CatalogueError(f"unknown published set {name!r}: no {entry} (catalogued: {known})")
+    entry = catalogue_entry(PUBLISHED_DIR, name, "published set", available_published())
     meta = _read_yaml(entry)
     return Published(
         name=name,

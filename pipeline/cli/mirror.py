@@ -72,17 +72,12 @@ def build(
     are kept; a file that fails verification is not kept."""
     from pipeline.catalogue.mirror import (
         build_mirror,
-        dataset_requests,
-        mirrorable_datasets,
-        mirrorable_published,
-        published_requests,
+        mirrorable_sets,
+        set_requests,
         weight_requests,
     )
 
-    published = mirrorable_published()
-    chosen_sets = datasets or [*mirrorable_datasets(), *published]
-    requests = dataset_requests([n for n in chosen_sets if n not in published])
-    requests += published_requests([n for n in chosen_sets if n in published])
+    requests = set_requests(datasets or mirrorable_sets())
     if not no_weights:
         chosen = [_parse_weight(w) for w in weights] if weights else None
         chosen = chosen or params_weights(load_params(params_file).download)

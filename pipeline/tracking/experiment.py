@@ -34,10 +34,9 @@ from pipeline.tracking.dvc_lock import LOCK_FILE as DVC_LOCK_FILE
 from pipeline.tracking.dvc_lock import stage_out_hashes
 from pipeline.tracking.store_file import (
     StoreError,
+    check_artifact_locations,
     check_sqlite_store,
-    local_path,
     missing_store,
-    outside_project,
     resolve_tracking_uri,
     sqlite_file,
     tracking_params,
@@ -86,13 +85,10 @@ def connect(
 
 
 def _check_locations(uri: str, db: Path, root: Path, tracking: TrackingParams) -> None:
-    allowed = [root, local_path(tracking.artifact_root, root) or root]
-    for exp in mlflow.MlflowClient(uri).search_experiments(view_type=ViewType.ALL):
-        path = local_path(exp.artifact_location, root)
-        if exp.experiment_id == "0" or path is None:
-            continue
-        if not any(path.is_relative_to(a) for a in allowed):
-            raise outside_project(db, exp.name, path, root)
+    experiments = mlflow.MlflowClient(uri).search_experiments(view_type=ViewType.ALL)
+    check_artifact_locations(
+        ((e.experiment_id, e.name, e.artifact_location) for e in experiments), db, root, tracking
+    )
 
 
 def setup_experiment(params: Params, root: Path = PROJECT_ROOT) -> str:

@@ -27,7 +27,7 @@ import yaml
 from pipeline.core.params import PROJECT_ROOT
 from pipeline.tracking import names
 from pipeline.tracking.model_folder import CONFIG_FILE, WEIGHTS_FILE
-from pipeline.tracking.run_owner import alive, owner_tags
+from pipeline.tracking.run_owner import is_stale, owned_running_filter, owner_tags
 from pipeline.tracking.sqlite_registry import MODEL_URI
 from pipeline.tracking.store_file import local_path, resolve_tracking_uri, tracking_params
 
@@ -63,16 +63,14 @@ def _has_stale_runs(server: str, root: Path) -> bool:
     if not experiments:
         return False
     owner = owner_tags(root)
-    filter_string = (
-        "attributes.status = 'RUNNING' and "
-        f"tags.`{names.OWNER_ROOT}` = '{owner[names.OWNER_ROOT]}' and "
-        f"tags.`{names.OWNER_HOST}` = '{owner[names.OWNER_HOST]}'"
-    )
-    body = {"experiment_ids": experiments, "filter": filter_string, "max_results": 1000}
+    body = {
+        "experiment_ids": experiments,
+        "filter": owned_running_filter(owner),
+        "max_results": 1000,
+    }
     for run in _call(server, "runs/search", body=body).get("runs", []):
         tags = {t["key"]: t.get("value", "") for t in run.get("data", {}).get("tags", [])}
-        pid = tags.get(names.OWNER_PID, "")
-        if pid != owner[names.OWNER_PID] and not alive(pid):
+        if is_stale(tags.get(names.OWNER_PID, ""), owner):
             return True
     return False
 

@@ -33,3 +33,18 @@ def owner_tags(root: Path) -> dict[str, str]:
         names.OWNER_HOST: socket.gethostname(),
         names.OWNER_PID: str(os.getpid()),
     }
+
+
+def is_stale(pid: str, owner: dict[str, str]) -> bool:
+    """Whether a RUNNING run of ``owner``'s root and host, recorded with process ``pid``, is
+    stale: another process than this one, and no longer running."""
+    return pid != owner[names.OWNER_PID] and not alive(pid)
+
+
+def owned_running_filter(owner: dict[str, str]) -> str:
+    """MLflow's search filter for the RUNNING runs of ``owner``'s root on its host."""
+    return (
+        "attributes.status = 'RUNNING' and "
+        f"tags.`{names.OWNER_ROOT}` = '{owner[names.OWNER_ROOT]}' and "
+        f"tags.`{names.OWNER_HOST}` = '{owner[names.OWNER_HOST]}'"
+    )

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from pipeline.core.params import PROJECT_ROOT
 from pipeline.tracking import names
-from pipeline.tracking.run_owner import alive, owner_tags
+from pipeline.tracking.run_owner import is_stale, owner_tags
 from pipeline.tracking.store_file import (
+    check_artifact_locations,
     check_sqlite_store,
     local_path,
     missing_store,
-    outside_project,
     resolve_tracking_uri,
     sqlite_file,
     tracking_params,
@@ -49,20 +49,7 @@ def _has_stale_runs(connection: sqlite3.Connection, root: Path) -> bool:
     keys = (names.OWNER_ROOT, names.OWNER_HOST, names.OWNER_PID)
     values = (owner[names.OWNER_ROOT], owner[names.OWNER_HOST])
     pids = [pid for (pid,) in connection.execute(_STALE_RUNS, (*keys, *values))]
-    return any(pid != owner[names.OWNER_PID] and not alive(pid or "") for pid in pids)
-
-
-def _outside_project(connection: sqlite3.Connection, db: Path, root: Path) -> None:
-    """Refuse, as ``connect`` does, an embedded store whose experiments keep their artifacts
-    outside the project (a copied or moved project)."""
-    allowed = [root, local_path(tracking_params(root).artifact_root, root) or root]
-    rows = connection.execute("SELECT experiment_id, name, artifact_location FROM experiments")
-    for experiment_id, name, location in rows:
-        path = local_path(location or "", root)
-        if str(experiment_id) == "0" or path is None:
-            continue
-        if not any(path.is_relative_to(a) for a in allowed):
-            raise outside_project(db, name, path, root)
+    return any(is_stale(pid or "", owner) for pid in pids)
 
 
 def _version(connection: sqlite3.Connection, name: str, alias: str | None, version: str | None):
@@ -88,7 +75,8 @@ def model_folder(uri: str, root: Path = PROJECT_ROOT) -> Path | None:
     relocated embedded store raises as :func:`~pipeline.tracking.experiment.connect` does."""
     match = MODEL_URI.fullmatch(uri)
     root = root.resolve()
-    store = resolve_tracking_uri(tracking_params(root).uri, root)
+    tracking = tracking_params(root)
+    store = resolve_tracking_uri(tracking.uri, root)
     db = sqlite_file(store)
     if match is None or db is None:
         return None
@@ -100,8 +88,11 @@ def model_folder(uri: str, root: Path = PROJECT_ROOT) -> Path | None:
             revision = connection.execute("SELECT version_num FROM alembic_version").fetchall()
             if revision != [(SCHEMA_REVISION,)]:
                 return None
-            if db.is_relative_to(root):
-                _outside_project(connection, db, root)
+            if db.is_relative_to(root):  # as connect checks it
+                rows = connection.execute(
+                    "SELECT experiment_id, name, artifact_location FROM experiments"
+                )
+                check_artifact_locations(rows, db, root, tracking)
             if _has_stale_runs(connection, root):
                 return None
             found = _version(connection, match["name"], match["alias"], match["version"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -72,14 +73,27 @@ def missing_store(db: Path) -> StoreError:
     )
 
 
-def outside_project(db: Path, experiment: str, path: Path, root: Path) -> StoreError:
-    """The error for an experiment of the embedded store whose artifacts lie outside ``root``."""
-    return StoreError(
-        f"{db}: experiment {experiment!r} keeps its artifacts in {path}, outside this "
-        f"project ({root}): the project was copied or moved with its MLflow store; "
-        "move it back, or start a fresh store here (remove mlflow.db and mlartifacts/, "
-        "then dvc repro), or set MLFLOW_TRACKING_URI"
-    )
+def check_artifact_locations(
+    experiments: Iterable[tuple[str, str, str | None]],
+    db: Path,
+    root: Path,
+    tracking: TrackingParams,
+) -> None:
+    """Refuse an embedded store inside ``root`` one of whose experiments (id, name, artifact
+    location) keeps its artifacts outside the project: the project was copied or moved with its
+    store, which still names the original's folders (experiment 0 and remote locations aside)."""
+    allowed = [root, local_path(tracking.artifact_root, root) or root]
+    for experiment_id, name, location in experiments:
+        path = local_path(location or "", root)
+        if str(experiment_id) == "0" or path is None:
+            continue
+        if not any(path.is_relative_to(a) for a in allowed):
+            raise StoreError(
+                f"{db}: experiment {name!r} keeps its artifacts in {path}, outside this "
+                f"project ({root}): the project was copied or moved with its MLflow store; "
+                "move it back, or start a fresh store here (remove mlflow.db and mlartifacts/, "
+                "then dvc repro), or set MLFLOW_TRACKING_URI"
+            )
 
 
 def check_sqlite_store(db: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 
 from pipeline.tracking import names
-from pipeline.tracking.run_owner import alive, owner_tags
+from pipeline.tracking.run_owner import is_stale, owned_running_filter, owner_tags
 
 
 def mark_stale_runs(uri: str, root: Path, found_by: str = "") -> list[str]:
@@ -24,14 +24,9 @@ def mark_stale_runs(uri: str, root: Path, found_by: str = "") -> list[str]:
     if not experiments:
         return []
     stale = []
-    filter_string = (
-        "attributes.status = 'RUNNING' and "
-        f"tags.`{names.OWNER_ROOT}` = '{owner[names.OWNER_ROOT]}' and "
-        f"tags.`{names.OWNER_HOST}` = '{owner[names.OWNER_HOST]}'"
-    )
-    for run in client.search_runs(experiments, filter_string, max_results=1000):
+    for run in client.search_runs(experiments, owned_running_filter(owner), max_results=1000):
         pid = run.data.tags.get(names.OWNER_PID, "")
-        if pid == owner[names.OWNER_PID] or alive(pid):
+        if not is_stale(pid, owner):
             continue
         reason = f"stale: its process {pid} is gone" + (
             f" (found by {found_by})" if found_by else ""
