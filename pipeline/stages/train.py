@@ -6,8 +6,10 @@ and optimiser state with the coupled contrastive loss added. Every number comes 
 stopped run resume to the same weights. ``torchrun --nproc_per_node=N -m pipeline.stages.train``
 trains data-parallel with no code change (rank 0 tracks and saves).
 
-Outputs: ``artifacts/model.pt``, ``artifacts/train_run.json``, ``artifacts/checkpoints/``,
-``reports/train_loss.csv`` and an MLflow run with params, losses, data inputs and the model.
+Outputs: ``artifacts/model.pt``, ``artifacts/train_run.json``, ``reports/train_loss.csv`` and an
+MLflow run with params, losses, data inputs and the model. ``artifacts/checkpoints/`` is the
+local resume state, not a DVC output: it stays on the machine that trained and never travels
+through a DVC remote.
 
 A non-finite loss or gradient stops training with an error naming the step: the run is marked
 FAILED and nothing from that state is saved (the last epoch's checkpoint stays). A run left

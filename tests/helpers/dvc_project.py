@@ -18,13 +18,16 @@ from pipeline.core.imageio import write_image
 from pipeline.core.params import PROJECT_ROOT
 
 STAGES_PY = """
-import json, os, pathlib, sys
+import json, os, pathlib, sys, time
 import numpy as np
 import yaml
 from PIL import Image
 stage = sys.argv[1]
 if os.environ.get("TINY_FAIL") == stage:
     sys.exit(f"error: {stage} failed on purpose")  # one line, as pipeline.core.stage prints
+if pathlib.Path(f".hang-{stage}").exists():  # a stage that hangs until killed
+    pathlib.Path(f".hanging-{stage}").write_text(str(os.getpid()))
+    time.sleep(3600)
 if stage == "download":
     datasets = yaml.safe_load(open("params.yaml"))["download"]["datasets"]
     tsv = pathlib.Path("pipeline/catalogue/datasets/inbox.tsv")
@@ -70,7 +73,7 @@ DVC_YAML = {
         "evaluate": {
             "cmd": "python stages.py evaluate",
             "deps": ["data/raw"],
-            "outs": [
+            "outs": [  # uncached: the rollback's copy-aside path for `cache: false` outputs
                 {"reports/metrics.json": {"cache": False}},
                 {"reports/comparison.json": {"cache": False}},
             ],
@@ -78,7 +81,7 @@ DVC_YAML = {
         "register": {
             "cmd": "python stages.py register",
             "deps": ["data/raw", "reports/metrics.json"],
-            "outs": [{"artifacts/registered.json": {"cache": False}}],
+            "outs": ["artifacts/registered.json"],  # cached, as in dvc.yaml
         },
     }
 }
