@@ -18,6 +18,15 @@ SetOption = Annotated[
         "(e.g. -S schedule=quick, -S train.lr=0.001).",
     ),
 ]
+PublishOption = Annotated[
+    str | None,
+    typer.Option(
+        "--publish",
+        metavar="BRANCH",
+        help="Share the result: start from origin/BRANCH (fast-forward, dvc pull; needs a clean "
+        "worktree), then commit the changes, dvc push and git push to origin BRANCH.",
+    ),
+]
 InboxOption = Annotated[
     Path | None,
     typer.Option("--inbox", help="Inbox folder (default $COCONET_INBOX or <root>/inbox)."),
@@ -63,7 +72,9 @@ def run(
 
 
 @app.command()
-def retrain(inbox: InboxOption = None, root: RootOption = None) -> None:
+def retrain(
+    inbox: InboxOption = None, publish: PublishOption = None, root: RootOption = None
+) -> None:
     """Retrain once on new data: ingest inbox pairs, re-run what changed, register, promote.
 
     Inbox layout: inbox/<pair>/ir.<ext> + vis.<ext> (+ optional mask.<ext>), same sizes.
@@ -91,7 +102,7 @@ def retrain(inbox: InboxOption = None, root: RootOption = None) -> None:
     except CoconetError as exc:
         fail(str(exc))
     try:
-        result = retrain_flow(str(project), str(inbox) if inbox else None)
+        result = retrain_flow(str(project), str(inbox) if inbox else None, publish=publish)
     except CoconetError as exc:
         _flow_failed(exc)
     if result["status"] == "busy":  # taken between the check above and the flow's own try
@@ -102,6 +113,8 @@ def retrain(inbox: InboxOption = None, root: RootOption = None) -> None:
     if result.get("registered") and result["status"] == "retrained":
         reg = result["registered"]
         typer.echo(f"  {reg['name']} v{reg['version']} -> {reg['alias']}: {reg['reason']}")
+    if result.get("published"):
+        typer.echo(f"  published {result['published']} on origin {publish}")
 
 
 @app.command()
@@ -114,13 +127,26 @@ def schedule(
     ] = None,
     inbox: InboxOption = None,
     name: Annotated[str, typer.Option("--name", help="Deployment name.")] = "coconet-retrain",
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            "--pool",
+            help="Deploy to this Prefect work pool (process type, created if missing) and "
+            "return: workers (`coconet worker --pool NAME`) run the retrains.",
+        ),
+    ] = None,
+    publish: PublishOption = None,
     root: RootOption = None,
 ) -> None:
-    """Serve the retrain flow on a schedule until interrupted (needs a Prefect server).
+    """Retrain on a schedule (needs a Prefect server).
 
-    Start one with `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api
-    (or a remote server's URL). One run at a time; stopping this process does not pause the
-    schedule. Telemetry is off unless PREFECT_SERVER_ANALYTICS_ENABLED / DO_NOT_TRACK are set.
+    Without --pool: serve the retrain flow from this process until interrupted. With --pool:
+    deploy it to a work pool and return; the retrains run on whichever worker polls that pool,
+    in the worker's clone, with the inbox given here (a path on the worker) or the worker's
+    default inbox. Either way one run at a time; a run whose worker dies is marked CRASHED
+    (heartbeats) and the next one rolls its changes back. Start a server with
+    `prefect server start` (or scripts/team_services.sh start) and export
+    PREFECT_API_URL=http://127.0.0.1:4200/api.
     """
     from flows.env import telemetry_off
 
@@ -129,6 +155,38 @@ def schedule(
     from pipeline.core.params import PROJECT_ROOT
 
     try:
-        serve((root or PROJECT_ROOT).resolve(), inbox, cron, interval, name)
+        if pool is None:
+            serve((root or PROJECT_ROOT).resolve(), inbox, cron, interval, name, publish)
+            return
+        from flows.work_pool import deploy
+
+        deployment = deploy(pool, cron, interval, str(inbox) if inbox else None, name, publish)
+    except ScheduleError as exc:
+        fail(str(exc), 2)
+    typer.echo(f"deployed coconet-retrain/{name} ({deployment}) to work pool {pool!r}")
+    typer.echo(f"start a worker in each clone that may retrain: coconet worker --pool {pool}")
+
+
+@app.command()
+def worker(
+    pool: Annotated[str, typer.Option("--pool", help="The work pool to poll.")],
+    name: Annotated[str | None, typer.Option("--name", help="Worker name.")] = None,
+    root: RootOption = None,
+) -> None:
+    """Run retrains deployed to a work pool (`coconet schedule --pool`) in this clone.
+
+    A Prefect process worker (`prefect worker start --type process`) whose flow runs retrain
+    the project at --root (default: this clone) and send heartbeats every 30 s, so a run whose
+    worker dies is marked CRASHED. Needs PREFECT_API_URL; stop it with Ctrl-C.
+    """
+    from flows.env import telemetry_off
+
+    telemetry_off()
+    from flows.schedule import ScheduleError
+    from flows.work_pool import start_worker
+    from pipeline.core.params import PROJECT_ROOT
+
+    try:
+        start_worker(pool, (root or PROJECT_ROOT).resolve(), name)
     except ScheduleError as exc:
         fail(str(exc), 2)

@@ -11,16 +11,20 @@ ingested pairs leave the inbox. A failure rolls everything back (:func:`undo`): 
 ``dvc.lock``, the uncached outputs and, with ``dvc checkout``, every cached output DVC deleted
 before the failing stage; ``dvc status`` must then read as it did before the run. The inbox is
 left as it was; the champion alias moves only at the very end of a successful register stage.
+A run that dies without rolling back (a killed worker) leaves its journal
+(:mod:`flows.retrain_journal`); the next run rolls its changes back by the same rules first.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 from prefect import flow, task
 from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
 
 from flows.dvc_runner import pending_stages, tracked_paths
 from flows.inbox.ingestion import Snapshot, clear_inbox, ingest, plan, rollback
@@ -30,7 +34,9 @@ from flows.inbox.validation import (
     default_inbox,
     scan_inbox,
 )
+from flows.publish import PublishError, prepare, publish
 from flows.repro import run_pipeline
+from flows.retrain_journal import RetrainJournal
 from flows.tasks import dvc_status, run_logger
 from flows.workspace_backup import WorkspaceBackup
 from pipeline.core.errors import CoconetError
@@ -120,10 +126,26 @@ def scan(inbox: str, project_dir: str) -> dict[str, Any]:
     return {"new": new, "duplicate": duplicate, "rejected": rejected}
 
 
+def recover(root: Path) -> str | None:
+    """Roll back a retrain that died without doing so (its journal is still there); returns
+    what happened, None when every earlier run finished."""
+    journal = RetrainJournal.left_behind(root)
+    if journal is None:
+        return None
+    folder, snapshot_file = Path(journal.backup), Path(journal.snapshot)
+    if (folder / "backup.json").is_file():  # else its rollback had finished: only the end left
+        snapshot = Snapshot.load(snapshot_file) if snapshot_file.is_file() else None
+        undo(root, snapshot, WorkspaceBackup.load(root, folder), journal.before)
+    RetrainJournal.end(root)
+    message = f"{journal.describe()}: its changes were rolled back to the dvc.lock before it"
+    run_logger().warning(message)
+    return message
+
+
 @task(name="ingest", cache_policy=NONE)
-def ingest_task(pairs: list[InboxPair], project_dir: str) -> Snapshot:
+def ingest_task(pairs: list[InboxPair], project_dir: str, journal: str) -> Snapshot:
     """Copy the new pairs into the DVC-tracked dataset (see :mod:`flows.inbox.ingestion`)."""
-    snapshot = ingest(pairs, Path(project_dir))
+    snapshot = ingest(pairs, Path(project_dir), Path(journal))
     run_logger().info("ingested %s", ", ".join(p.name for p in pairs))
     return snapshot
 
@@ -133,9 +155,13 @@ def retrain(
     project_dir: str | None = None,
     inbox: str | None = None,
     download_retries: int = 2,
+    publish: str | None = None,
 ) -> dict[str, Any]:
-    """Retrain on new data: inbox pairs or any pending DVC change; nothing new -> quick exit."""
-    root = Path(project_dir or PROJECT_ROOT).resolve()
+    """Retrain on new data: inbox pairs or any pending DVC change; nothing new -> quick exit.
+    The project is ``project_dir``, else ``$COCONET_ROOT`` (set by ``coconet worker``), else the
+    clone this code runs from. ``publish``: a git branch to share the result on
+    (:mod:`flows.publish`)."""
+    root = Path(project_dir or os.environ.get("COCONET_ROOT") or PROJECT_ROOT).resolve()
     inbox_dir = Path(inbox) if inbox else default_inbox(root)
     check_inbox_location(inbox_dir, root, tracked_paths(root))
     logger = run_logger()
@@ -144,19 +170,25 @@ def retrain(
         logger.warning(busy_message(root))
         return {"status": "busy", "lock": str(lock_path(root))}
     try:
+        recovered = recover(root)
+        if publish:
+            prepare(root, publish)
         found = scan(str(inbox_dir), str(root))
         new, duplicate = found["new"], found["duplicate"]
         before = dvc_status(str(root))
         if not new and not before:
             logger.info("nothing new: no new inbox pairs and every DVC stage is up to date")
             _clear(duplicate)
-            return {"status": "nothing new", "rejected": found["rejected"]}
+            return {"status": "nothing new", "rejected": found["rejected"], "recovered": recovered}
         if before:
             logger.info("pending DVC changes: %s", ", ".join(before))
         backup = WorkspaceBackup.save(root)
+        journal = RetrainJournal.begin(
+            root, str(flow_run.id or "outside a flow"), backup.folder, before
+        )
         snapshot = None
         try:
-            snapshot = ingest_task(new, str(root)) if new else None
+            snapshot = ingest_task(new, str(root), journal.snapshot) if new else None
             result = run_pipeline(project_dir=str(root), download_retries=download_retries)
         except BaseException as exc:
             try:
@@ -167,19 +199,52 @@ def retrain(
                 raise RollbackError(
                     f"retrain failed ({summary}); rollback incomplete: {failed}"
                 ) from exc
+            RetrainJournal.end(root)
             logger.error("retrain failed: everything rolled back to dvc.lock, inbox left as it was")
             raise
+        RetrainJournal.end(root)  # before the backup goes: a journal always has its backup
         backup.discard()
         _clear(new + duplicate)
-        return {
+        done = {
             "status": "retrained",
+            "recovered": recovered,
             "ingested": [p.name for p in new],
             "rejected": found["rejected"],
             "ran": result["ran"],
             "registered": result["registered"],
         }
+        if publish:
+            done["published"] = publish_task(str(root), publish, commit_message(done))
+        return done
     finally:
         lock.release()
+
+
+def commit_message(done: dict[str, Any]) -> str:
+    """The published commit's message: what was ingested, what ran, what was registered."""
+    ingested = ", ".join(done["ingested"]) or "no new pairs"
+    lines = [f"retrain: {ingested}", "", f"stages run: {', '.join(done['ran']) or 'none'}"]
+    if reg := done.get("registered"):
+        lines.append(f"registered: {reg['name']} v{reg['version']} ({reg.get('reason', '')})")
+    if flow_run.id:
+        lines.append(f"prefect flow run: {flow_run.id}")
+    return "\n".join(lines)
+
+
+@task(name="publish", cache_policy=NONE)
+def publish_task(project_dir: str, branch: str, message: str) -> str | None:
+    """Commit, ``dvc push`` and push to ``origin branch``; the run succeeded either way, so a
+    failure here says what is left to do by hand."""
+    root = Path(project_dir)
+    try:
+        commit = publish(root, branch, message)
+    except CoconetError as exc:
+        raise PublishError(
+            f"retrain succeeded, but publishing failed: {exc}; finish by hand in {root}: "
+            f"`dvc push && git push origin HEAD:{branch}`"
+        ) from exc
+    run_logger().info("published %s on %s", commit or "nothing (no change)", branch)
+    return commit
 
 
 def _clear(pairs: list[InboxPair]) -> None:

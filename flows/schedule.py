@@ -31,28 +31,42 @@ def api_url() -> str | None:
     return str(url) if url else None
 
 
+def check_schedule(cron: str | None, interval: float | None) -> None:
+    """Exactly one of a cron string and a positive interval."""
+    if bool(cron) == bool(interval):
+        raise ScheduleError("give exactly one of --cron or --interval")
+    if interval is not None and interval <= 0:
+        raise ScheduleError("--interval must be positive")
+
+
+def require_server() -> None:
+    """Refuse Prefect's temporary in-process server: schedules and workers need a real one."""
+    if not api_url():
+        raise ScheduleError(
+            "schedules and workers need a Prefect server: run `prefect server start` (or "
+            "scripts/team_services.sh start) and set PREFECT_API_URL=http://127.0.0.1:4200/api "
+            "(or the URL of a remote server)"
+        )
+
+
 def serve(
     project_dir: Path,
     inbox: Path | None = None,
     cron: str | None = None,
     interval: float | None = None,
     name: str = DEPLOYMENT,
+    publish: str | None = None,
 ) -> None:
     """Create (or update) the deployment with its schedule and run its flow runs until
     interrupted."""
-    if bool(cron) == bool(interval):
-        raise ScheduleError("give exactly one of --cron or --interval")
-    if interval is not None and interval <= 0:
-        raise ScheduleError("--interval must be positive")
-    if not api_url():
-        raise ScheduleError(
-            "schedules need a Prefect server: run `prefect server start` and set "
-            "PREFECT_API_URL=http://127.0.0.1:4200/api (or the URL of a remote server)"
-        )
+    check_schedule(cron, interval)
+    require_server()
 
     parameters = {"project_dir": str(project_dir.resolve())}
     if inbox is not None:
         parameters["inbox"] = str(inbox.resolve())
+    if publish:
+        parameters["publish"] = publish
     retrain.serve(
         name=name,
         cron=cron,

@@ -3,7 +3,7 @@ leaves them missing until the workspace is put back to the last ``dvc.lock``."""
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows.dvc_runner import run_dvc, uncached_outs
+from pipeline.core.atomic import write_json
 
 
 def _remove(path: Path) -> None:
@@ -20,11 +21,20 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _copy(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst, symlinks=True)
+    else:
+        shutil.copy2(src, dst)
+
+
 @dataclass
 class WorkspaceBackup:
     """``dvc.lock`` and the uncached stage outputs, saved before a pipeline run (in
     ``.dvc/tmp``) so that a failed run can be undone: :meth:`restore` puts them back and runs
-    ``dvc checkout --force``, which brings every cached output back to the restored lock."""
+    ``dvc checkout --force``, which brings every cached output back to the restored lock. The
+    folder describes itself (``backup.json``), so a later process can :meth:`load` and restore it
+    when the run that saved it was killed."""
 
     root: Path
     folder: Path
@@ -46,17 +56,28 @@ class WorkspaceBackup:
                     continue
                 copy = folder / out.relative_to(root)
                 copy.parent.mkdir(parents=True, exist_ok=True)
-                if out.is_dir():
-                    shutil.copytree(out, copy, symlinks=True)
-                else:
-                    shutil.copy2(out, copy)
+                _copy(out, copy)
+            backup = cls(root, folder, lock.read_text() if lock.is_file() else None, outs)
+            described = {
+                "lock": backup.lock,
+                "outs": {out.relative_to(root).as_posix(): had for out, had in outs.items()},
+            }
+            write_json(folder / "backup.json", described)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return cls(root, folder, lock.read_text() if lock.is_file() else None, outs)
+        return backup
+
+    @classmethod
+    def load(cls, root: Path, folder: Path) -> WorkspaceBackup:
+        """The backup :meth:`save` left in ``folder`` (by a run that did not finish)."""
+        described = json.loads((folder / "backup.json").read_text())
+        outs = {root / rel: bool(had) for rel, had in described["outs"].items()}
+        return cls(root, folder, described["lock"], outs)
 
     def restore(self, log: Callable[[str], None] | None = None) -> None:
-        """Put ``dvc.lock`` and the uncached outputs back, then ``dvc checkout --force``."""
+        """Put ``dvc.lock`` and the uncached outputs back, then ``dvc checkout --force``. The
+        copies are copied, not moved, and deleted last: a restore cut short can run again."""
         lock = self.root / "dvc.lock"
         if self.lock is None:
             lock.unlink(missing_ok=True)
@@ -66,7 +87,7 @@ class WorkspaceBackup:
             _remove(out)
             if existed:
                 out.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(self.folder / out.relative_to(self.root), out)
+                _copy(self.folder / out.relative_to(self.root), out)
         run_dvc(["checkout", "--force"], self.root, log=log)
         self.discard()
 

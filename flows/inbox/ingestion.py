@@ -16,6 +16,7 @@ they were (:func:`rollback`).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from flows.dvc_runner import run_dvc
 from flows.inbox.guard import NEAR_DUPLICATE_NCC, load_held_out, nearest_held_out
 from flows.inbox.validation import IMAGE_ROLES, InboxError, InboxPair
 from pipeline.catalogue import CatalogueFile, read_files_tsv, write_files_tsv
+from pipeline.core.atomic import write_json
 from pipeline.core.imageio import read_grey_uint8
 from pipeline.core.params import PatchesParams, load_params
 from pipeline.core.paths import ProjectPaths
@@ -51,10 +53,36 @@ files: inbox.tsv
 
 @dataclass
 class Snapshot:
-    """What ingestion changed, to undo it if the run fails."""
+    """What ingestion changed, to undo it if the run fails. With ``file`` set, every change is
+    written there (atomically) before it is made, so a process that finds the run killed can
+    :meth:`load` it and still undo it."""
 
     texts: dict[Path, str | None] = field(default_factory=dict)
     new_dirs: list[Path] = field(default_factory=list)
+    file: Path | None = None
+
+    def remember(self, path: Path) -> None:
+        """Keep ``path``'s text (None: absent) before ingestion first edits it."""
+        if path not in self.texts:
+            self.texts[path] = path.read_text() if path.is_file() else None
+            self._save()
+
+    def new_dir(self, path: Path) -> None:
+        """Note a folder ingestion is about to create (rollback deletes it)."""
+        self.new_dirs.append(path)
+        self._save()
+
+    def _save(self) -> None:
+        if self.file is not None:
+            texts = [[str(path), text] for path, text in self.texts.items()]
+            write_json(self.file, {"texts": texts, "new_dirs": [str(d) for d in self.new_dirs]})
+
+    @classmethod
+    def load(cls, file: Path) -> Snapshot:
+        """The snapshot a killed run kept in ``file``."""
+        kept = json.loads(file.read_text())
+        texts = {Path(path): text for path, text in kept["texts"]}
+        return cls(texts, [Path(d) for d in kept["new_dirs"]], file)
 
 
 def catalogue_paths(root: Path) -> tuple[Path, Path]:
@@ -148,11 +176,6 @@ def trainable(pair: InboxPair, patches: PatchesParams) -> bool:
     return len(busy_cells(vis, ir, patches)[0]) > 0
 
 
-def _remember(snapshot: Snapshot, path: Path) -> None:
-    if path not in snapshot.texts:
-        snapshot.texts[path] = path.read_text() if path.is_file() else None
-
-
 def _copy_verified(src: Path, dst: Path, sha256: str) -> None:
     """Copy ``src`` (never through a symbolic link) to a new ``dst``, hashing as it goes;
     raises :class:`InboxError` if the bytes are not the ones verified at scan time."""
@@ -166,9 +189,10 @@ def _copy_verified(src: Path, dst: Path, sha256: str) -> None:
         raise InboxError(f"{src}: changed after it was verified; not ingested (run again)")
 
 
-def ingest(pairs: list[InboxPair], root: Path) -> Snapshot:
-    """Copy pairs into ``incoming/``, extend the catalogue and params, ``dvc add incoming``."""
-    snapshot = Snapshot()
+def ingest(pairs: list[InboxPair], root: Path, journal: Path | None = None) -> Snapshot:
+    """Copy pairs into ``incoming/``, extend the catalogue and params, ``dvc add incoming``;
+    each change is noted first (in ``journal`` too, when given)."""
+    snapshot = Snapshot(file=journal)
     entry, tsv = catalogue_paths(root)
     conf = root / CONF_FILE
     edited = (
@@ -180,16 +204,18 @@ def ingest(pairs: list[InboxPair], root: Path) -> Snapshot:
         root / ".gitignore",
     )
     for path in edited:
-        _remember(snapshot, path)
+        snapshot.remember(path)
     try:
         files = list(read_catalogue(root))
         if not (root / STORE).exists():
+            snapshot.new_dir(root / STORE)
             (root / STORE).mkdir()
-            snapshot.new_dirs.append(root / STORE)
         for pair in pairs:
             target = root / STORE / pair.name
+            if target.exists():  # never noted as new: rollback must not delete it
+                raise InboxError(f"{target}: already exists; {pair.name} not ingested")
+            snapshot.new_dir(target)
             target.mkdir()
-            snapshot.new_dirs.append(target)
             for role, src in pair.files.items():
                 dst = target / f"{role}{src.suffix.lower()}"
                 _copy_verified(src, dst, pair.sha256[role])
