@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.objective import TOTAL
 from pipeline.core.imageio import read_image, to_grey
 from pipeline.core.params import PARAMS_FILE, load_params
 from pipeline.core.paths import ProjectPaths
@@ -32,7 +33,13 @@ from pipeline.fusion import fuse_arrays
 from pipeline.metrics import METRIC_DIRECTION, compute_metrics, mean_metrics
 from pipeline.stages import download, masks, patches
 from pipeline.training.distributed import setup
-from pipeline.training.trainer import Trainer, load_patches, phase_of, seed_everything
+from pipeline.training.trainer import (
+    Trainer,
+    load_patches,
+    phase_of,
+    seed_everything,
+    term_values,
+)
 
 
 def timed(label: str, times: dict[str, float], fn, *args):
@@ -74,7 +81,8 @@ def train(params, paths: ProjectPaths, minutes: float) -> tuple[torch.nn.Module,
             values = trainer.step(batch, phase)
             done["steps"], count = done["steps"] + 1, count + batch.shape[0]
             if done["steps"] % 500 == 0:
-                done["losses"].append(round(float(values[0]), 4))
+                total = term_values(values.cpu(), trainer.terms)[TOTAL]
+                done["losses"].append(round(total, 4))
         if runtime.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - tic

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_tiling import large_image_report  # noqa: E402
 from benchmarks.peak_memory import rss_high_water_kib  # noqa: E402
 from models.scaling import to_signed, to_unit  # noqa: E402
+from pipeline.core.placement import cuda_available  # noqa: E402
 
 VARIANTS = ("naive", "fast", "fast_bf16", "fuse_arrays")
 BF16_MAX_GREY_LEVELS = 2  # bf16 vs fp32 fused output, 8-bit
@@ -126,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
-    if not torch.cuda.is_available():
+    if not cuda_available():
         if args.device == "cuda":
             parser.error("no CUDA device")
         devices = [d for d in devices if d != "cuda"]

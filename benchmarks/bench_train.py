@@ -20,10 +20,11 @@ import time
 
 import torch
 
+from models.objective import TOTAL
 from pipeline.core.params import Params
-from pipeline.core.placement import Placement, Precision
+from pipeline.core.placement import Placement, Precision, cuda_available
 from pipeline.training.distributed import Runtime
-from pipeline.training.trainer import Trainer, seed_everything
+from pipeline.training.trainer import Trainer, seed_everything, term_values
 
 BASELINE_CPU_FP32 = {1: 11.0, 2: 5.8}  # patches/s, fp32, contiguous, before this benchmark's work
 
@@ -83,7 +84,7 @@ def loss_curve(device: torch.device, precision: str, steps: int, args) -> list[f
         if index >= steps:
             break
         phase = 1 if index < steps * 3 // 4 else 2
-        curve.append(float(trainer.step(batch, phase)[0]))
+        curve.append(term_values(trainer.step(batch, phase).cpu(), trainer.terms)[TOTAL])
     return curve
 
 
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all")
     args = parser.parse_args()
     devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
-    if torch.cuda.is_available() and args.device in ("all", "cuda"):
+    if cuda_available() and args.device in ("all", "cuda"):
         devices.append(torch.device("cuda"))
     print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}")
     print(f"batch {args.batch}, {args.size}x{args.size} patches, {args.steps} timed steps")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -169,16 +170,15 @@ def test_a_planted_cycle_is_caught(tmp_path):
 
 # --- one place for each concern -----------------------------------------------------------
 
-LAZY_IMPORTS = {  # module -> why it imports inside functions (measured, needed)
-    "pipeline/cli/app.py": "the CLI answers --help and argument errors without torch/mlflow",
-    "pipeline/cli/stages.py": "the CLI answers --help and argument errors without torch/mlflow",
+LAZY_IMPORTS = {  # module -> why it imports inside functions (measured, needed; README too)
     "pipeline/cli/tools.py": "the CLI answers --help and argument errors without torch/mlflow",
     "pipeline/cli/official.py": "the CLI answers --help and argument errors without torch",
     "pipeline/cli/mirror.py": "fusing and --help never import pooch/requests (the fetch code)",
     "flows/cli.py": "the CLI answers --help without Prefect (2-3 s to import)",
     "pipeline/core/placement.py": "params and the CLI read the vocabulary without torch",
-    "pipeline/inference.py": "mlflow (about 2 s) only for a model URI SQLite cannot answer, "
-    "requests (0.13 s) only for the official model, neither for a model file",
+    "pipeline/inference.py": "mlflow (about 2 s) only for a model URI neither SQLite nor a "
+    "server's REST API answers, rest_registry (urllib, 0.05 s) only for a server, pooch/requests "
+    "(0.15 s) only for the official model: none of them for a model file",
     "pipeline/stages/masks.py": "torch and segment-anything only for masks.method: sam",
     "pipeline/core/decoding.py": "tifffile (0.2 s) only for TIFF inputs, not on fuse's PNG path",
     "pipeline/core/imageio.py": "tifffile (0.2 s) only for TIFF outputs, not on fuse's PNG path",
@@ -192,8 +192,8 @@ CUDA_PROBE_ALLOWED = {
 }
 
 
-def python_files(root: Path = ROOT) -> list[Path]:
-    return sorted(p for package in PACKAGES for p in (root / package).rglob("*.py"))
+def python_files(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> list[Path]:
+    return sorted(p for package in packages for p in (root / package).rglob("*.py"))
 
 
 def rel(path: Path, root: Path = ROOT) -> str:
@@ -201,14 +201,14 @@ def rel(path: Path, root: Path = ROOT) -> str:
 
 
 def local_imports(path: Path) -> list[int]:
-    """Line numbers of imports inside functions."""
-    lines = []
+    """Line numbers of imports inside functions, each import once (also in nested functions)."""
+    found: dict[int, int] = {}  # id(import node) -> line
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            lines += [
-                sub.lineno for sub in ast.walk(node) if isinstance(sub, ast.Import | ast.ImportFrom)
-            ]
-    return lines
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Import | ast.ImportFrom):
+                    found[id(sub)] = sub.lineno
+    return sorted(found.values())
 
 
 def unlisted_local_imports(root: Path = ROOT) -> list[str]:
@@ -218,6 +218,12 @@ def unlisted_local_imports(root: Path = ROOT) -> list[str]:
         if rel(path, root) not in LAZY_IMPORTS
         for line in local_imports(path)
     ]
+
+
+def readme_lazy_modules(readme: str) -> set[str]:
+    """The modules in the first column of the README's "Imports at the top" table."""
+    section = readme.split("**Imports at the top.**", 1)[1].split("\n\n", 2)[1]
+    return set(re.findall(r"^\| `([^`]+\.py)` \|", section, re.MULTILINE))
 
 
 def mlflow_importers(root: Path = ROOT) -> list[str]:
@@ -252,12 +258,20 @@ def constants_defined_twice(root: Path = ROOT) -> dict[str, list[str]]:
     return {name: sorted(files) for name, files in where.items() if len(files) > 1}
 
 
-def files_containing(text: str, root: Path = ROOT) -> set[str]:
-    return {rel(path, root) for path in python_files(root) if text in path.read_text()}
+def files_containing(
+    text: str, root: Path = ROOT, packages: tuple[str, ...] = PACKAGES
+) -> set[str]:
+    return {rel(path, root) for path in python_files(root, packages) if text in path.read_text()}
 
 
 def test_function_local_imports_only_where_listed():
     assert unlisted_local_imports() == [], "import at the top, or list the module and why"
+    stale = [m for m in LAZY_IMPORTS if not local_imports(ROOT / m)]
+    assert stale == [], "listed in LAZY_IMPORTS without a function-local import"
+
+
+def test_the_readme_lists_exactly_the_lazy_imports():
+    assert readme_lazy_modules((ROOT / "README.md").read_text()) == set(LAZY_IMPORTS)
 
 
 def test_only_the_tracking_package_imports_mlflow():
@@ -265,7 +279,9 @@ def test_only_the_tracking_package_imports_mlflow():
 
 
 def test_only_placement_asks_torch_about_the_device():
-    assert files_containing(CUDA_PROBE) <= set(CUDA_PROBE_ALLOWED)
+    assert files_containing(CUDA_PROBE, packages=(*PACKAGES, "benchmarks")) <= set(
+        CUDA_PROBE_ALLOWED
+    )
     assert files_containing("parameters()).device") == set()  # the placement is passed down
 
 
@@ -278,17 +294,23 @@ def test_one_vocabulary_one_sort_one_stage_entry():
     assert files_containing('"cpu", "cuda"') == set()  # Device, in placement.py
     assert files_containing(r're.split(r"(\d+)"') == {"pipeline/core/ordering.py"}
     assert files_containing("require=") == {"pipeline/core/stage.py"}
+    assert files_containing("CoconetError, FileNotFoundError") == {"pipeline/core/errors.py"}
+    assert files_containing("except EXPECTED_ERRORS") == {  # the stage entry, the CLI's last
+        "pipeline/core/stage.py",
+        "pipeline/cli/__init__.py",
+    }
 
 
 def test_planted_violations_are_caught(tmp_path):
     for package in PACKAGES:
         (tmp_path / package).mkdir()
     planted = (
-        "import mlflow\nX = 1\n\n\ndef f():\n    import os\n\n    return torch.cuda.is_available\n"
+        "import mlflow\nX = 1\n\n\ndef f():\n    import os\n\n    def g():\n        import sys\n\n"
+        "    return torch.cuda.is_available\n"
     )
     (tmp_path / "pipeline" / "a.py").write_text(planted)
     (tmp_path / "flows" / "b.py").write_text("X = 2\n")
-    assert unlisted_local_imports(tmp_path) == ["pipeline/a.py:6"]
+    assert unlisted_local_imports(tmp_path) == ["pipeline/a.py:6", "pipeline/a.py:9"]  # each once
     assert mlflow_importers(tmp_path) == ["pipeline/a.py"]
     assert constants_defined_twice(tmp_path) == {"X": ["flows/b.py", "pipeline/a.py"]}
     assert files_containing(CUDA_PROBE, tmp_path) == {"pipeline/a.py"}

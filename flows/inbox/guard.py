@@ -7,7 +7,6 @@ measurements.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import cv2
 import numpy as np
 
 from flows.inbox.validation import IMAGE_ROLES, InboxError, InboxPair
+from pipeline.catalogue.index import read_index
 from pipeline.core.imageio import ImageError, read_image, to_grey
 from pipeline.core.paths import ProjectPaths
 
@@ -112,8 +112,7 @@ def load_held_out(root: Path) -> list[HeldOutImage]:
         raise InboxError(
             f"{index} is missing (run `dvc checkout data/raw` or `dvc repro download`)"
         )
-    with open(index, newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r.get("split") == "test"]
+    rows = [r for r in read_index(index) if r.get("split") == "test"]
     held_out = []
     for row in rows:
         for role in IMAGE_ROLES:

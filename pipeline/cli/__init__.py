@@ -14,7 +14,7 @@ import typer
 
 from pipeline.cli import mirror, official, stages, tools  # noqa: F401  (register commands)
 from pipeline.cli.app import app, report_warnings
-from pipeline.core.errors import CoconetError
+from pipeline.core.errors import EXPECTED_ERRORS
 
 COMMANDS_GROUP = "coconet.commands"
 
@@ -33,7 +33,7 @@ def main() -> None:
     report_warnings()
     try:
         app()
-    except (CoconetError, FileNotFoundError) as exc:
+    except EXPECTED_ERRORS as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(1)
 

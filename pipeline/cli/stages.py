@@ -9,19 +9,15 @@ from typing import Any
 import typer
 
 from pipeline.cli.app import DeviceOption, ParamsOption, RootOption, app, fail
-from pipeline.core.errors import CoconetError
 from pipeline.core.params import PARAMS_FILE
-from pipeline.core.stage import execute
+from pipeline.core.stage import run_stage
 
 
 def _run_stage(stage: str, params_file: Path, root: Path | None, **options: Any) -> Any:
     """Run ``pipeline.stages.<stage>`` as ``python -m`` would; an expected error -> one line.
     The stage module (and with it torch, mlflow) is imported only now: ``--help`` stays fast."""
     module = importlib.import_module(f"pipeline.stages.{stage}")
-    try:
-        return execute(module.run, stage, params_file, root, **options)
-    except (CoconetError, FileNotFoundError) as exc:
-        fail(str(exc))
+    return run_stage(module.run, stage, params_file, root, fail=fail, **options)
 
 
 @app.command()

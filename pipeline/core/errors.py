@@ -11,3 +11,6 @@ class InputError(CoconetError, ValueError):
 
 
 __all__ += ["InputError"]
+
+EXPECTED_ERRORS = (CoconetError, FileNotFoundError)  # what the user can fix: one line, exit 1
+__all__ += ["EXPECTED_ERRORS"]

@@ -7,11 +7,12 @@ both sources are near-empty (standard deviation below ``min_std`` on the 0..255 
 dropped, at most
 ``max_per_pair`` are drawn at random (seeded), and each patch is flipped / rotated by
 albumentations identically across its channels (infrared as an ``additional_targets`` image, the
-mask as the mask target).
+mask as the mask target). :func:`cut_pairs` does all of it for a run's pairs, in order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import albumentations as A
@@ -21,6 +22,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from pipeline.core.imageio import ImageError, read_grey_uint8, read_image, to_grey, to_uint8
 from pipeline.core.params import PatchesParams
+from pipeline.data.patch_file import CHANNELS
 
 
 def augmenter(p: PatchesParams) -> A.Compose:
@@ -84,7 +86,8 @@ def grid_patches(
     cells, windows = busy_cells(stack[0], stack[1], p)
     counts = {"windows": windows, "near_empty": 0, "subsampled": 0}
     if windows == 0:
-        return np.zeros((0, 2), np.int32), np.zeros((0, 3, size, size), np.uint8), counts
+        empty = np.zeros((0, len(CHANNELS), size, size), np.uint8)
+        return np.zeros((0, 2), np.int32), empty, counts
     counts["near_empty"] = counts["windows"] - len(cells)
     if p.max_per_pair is not None and len(cells) > p.max_per_pair:
         counts["subsampled"] = len(cells) - p.max_per_pair
@@ -93,3 +96,25 @@ def grid_patches(
     windows = sliding_window_view(stack, (size, size), axis=(1, 2))
     patches = windows[:, corners[:, 0], corners[:, 1]].transpose(1, 0, 2, 3)
     return corners, np.ascontiguousarray(patches), counts
+
+
+def augment(patches: np.ndarray, transform: A.Compose) -> np.ndarray:
+    """Apply ``transform`` (:func:`augmenter`) to each patch of (M, 3, S, S) ``patches``, alike
+    across its channels, in place; returns ``patches``."""
+    for patch in patches:
+        out = transform(image=patch[0], ir=patch[1], mask=patch[2])
+        patch[:] = (out["image"], out["ir"], out["mask"])
+    return patches
+
+
+def cut_pairs(
+    root: Path, pairs: Iterable[dict], p: PatchesParams
+) -> Iterator[tuple[dict, np.ndarray, np.ndarray, dict[str, int]]]:
+    """For each pair (row with ``vis``, ``ir``, ``mask_out`` under ``root``), in order: the row,
+    corners, augmented patches and counts of :func:`grid_patches`. One seeded generator and
+    one seeded augmenter serve all pairs, so the same pairs and params give the same patches."""
+    rng = np.random.default_rng(p.seed)
+    transform = augmenter(p)
+    for row in pairs:
+        yx, patches, counts = grid_patches(load_pair(root, row), p, rng)
+        yield row, yx, augment(patches, transform), counts

@@ -10,6 +10,8 @@ the same patches give a byte-identical file.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pipeline.core.atomic import atomic_path
 from pipeline.core.errors import InputError
 
 CHANNELS = ("visible_y", "infrared", "mask")
@@ -31,10 +34,10 @@ class PatchWriter:
         self.params = params
         self.pair_ids: list[str] = []
         self.corners: list[np.ndarray] = []
+        shape = (len(CHANNELS), size, size)
         self.data = h5.create_dataset(
-            "patches", shape=(0, 3, size, size), maxshape=(None, 3, size, size),
-            dtype=np.uint8, chunks=(CHUNK, 3, size, size), compression="gzip",
-            compression_opts=1, track_times=False,
+            "patches", shape=(0, *shape), maxshape=(None, *shape), dtype=np.uint8,
+            chunks=(CHUNK, *shape), compression="gzip", compression_opts=1, track_times=False,
         )  # fmt: skip
 
     @property
@@ -62,6 +65,16 @@ class PatchWriter:
             h5.attrs[key] = -1 if value is None else value
 
 
+@contextmanager
+def write_patch_file(path: Path, size: int, params: dict[str, Any]) -> Iterator[PatchWriter]:
+    """A :class:`PatchWriter` on a new patch file at ``path`` (``size`` x ``size`` patches,
+    ``params`` as attributes); the file appears, closed, only if the block ends without error."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=False) as h5:
+        writer = PatchWriter(h5, size, params)
+        yield writer
+        writer.close()
+
+
 @dataclass(frozen=True)
 class PatchFile:
     """A patch file's content, read whole and checked."""
@@ -86,7 +99,9 @@ def read_patch_file(path: str | Path) -> PatchFile:
     except (OSError, KeyError) as exc:
         raise InputError(f"{path}: not a patches file ({exc})") from exc
     if patches.dtype != np.uint8 or patches.ndim != 4 or patches.shape[1] != len(CHANNELS):
-        raise InputError(f"{path}: patches must be uint8 (N, 3, S, S), got {patches.shape}")
+        raise InputError(
+            f"{path}: patches must be uint8 (N, {len(CHANNELS)}, S, S), got {patches.shape}"
+        )
     if not len(patches) == len(pair_ids) == len(yx):
         raise InputError(f"{path}: patches, pair_id and yx lengths differ")
     return PatchFile(patches, pair_ids.tolist(), yx, attrs)

@@ -9,18 +9,17 @@ seeded generator, a seeded ``A.Compose``, and HDF5 objects written without times
 
 from __future__ import annotations
 
-import h5py
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.core.atomic import atomic_path, write_json
+from pipeline.core.atomic import write_json
 from pipeline.core.imageio import ImageError
 from pipeline.core.params import Params
 from pipeline.core.paths import ProjectPaths
 from pipeline.core.stage import stage_main
-from pipeline.data.patch_cutting import augmenter, grid_patches, load_pair
-from pipeline.data.patch_file import CHANNELS, PatchWriter
+from pipeline.data.patch_cutting import cut_pairs
+from pipeline.data.patch_file import CHANNELS, write_patch_file
 
 
 def training_pairs(paths: ProjectPaths) -> list[dict]:
@@ -44,28 +43,21 @@ def run(params: Params, paths: ProjectPaths) -> dict:
     """Run the stage; returns the summary written to ``reports/patches.json``."""
     p = params.patches
     pairs = training_pairs(paths)
-    rng = np.random.default_rng(p.seed)
-    augment = augmenter(p)
     per_dataset: dict[str, int] = {}
     totals = {"windows": 0, "near_empty": 0, "subsampled": 0}
     skipped = 0
-    sums = np.zeros(3)
-    squares = np.zeros(3)
-    with atomic_path(paths.patches) as tmp, h5py.File(tmp, "w", track_order=False) as h5:
-        writer = PatchWriter(h5, p.patch_size, p.model_dump())
-        for row in tqdm(pairs, desc="patches", unit="pair"):
-            stack = load_pair(paths.root, row)
-            yx, patches, counts = grid_patches(stack, p, rng)
+    sums = np.zeros(len(CHANNELS))
+    squares = np.zeros(len(CHANNELS))
+    with write_patch_file(paths.patches, p.patch_size, p.model_dump()) as writer:
+        bar = tqdm(pairs, desc="patches", unit="pair")
+        for row, yx, patches, counts in cut_pairs(paths.root, bar, p):
             totals = {k: totals[k] + counts[k] for k in totals}
             if counts["windows"] == 0:
                 skipped += 1
                 continue
-            for patch in patches:
-                out = augment(image=patch[0], ir=patch[1], mask=patch[2])
-                patch[:] = (out["image"], out["ir"], out["mask"])
             writer.append(patches, row["pair_id"], yx)
             per_dataset[row["dataset"]] = per_dataset.get(row["dataset"], 0) + len(patches)
-            flat = patches.reshape(len(patches), 3, -1).astype(np.float64)
+            flat = patches.reshape(len(patches), len(CHANNELS), -1).astype(np.float64)
             sums += flat.mean(axis=2).sum(axis=0)
             squares += (flat**2).mean(axis=2).sum(axis=0)
         count = writer.count
@@ -73,7 +65,6 @@ def run(params: Params, paths: ProjectPaths) -> dict:
             raise ImageError(
                 f"no patch of {p.patch_size}x{p.patch_size} could be cut from {len(pairs)} pairs"
             )
-        writer.close()
     mean = sums / count
     summary = {
         "patches": count,
@@ -87,7 +78,7 @@ def run(params: Params, paths: ProjectPaths) -> dict:
         "channel_std": dict(
             zip(CHANNELS, np.round(np.sqrt(squares / count - mean**2), 4).tolist(), strict=True)
         ),
-        "mask_fraction": round(float(mean[2] / 255.0), 6),
+        "mask_fraction": round(float(mean[CHANNELS.index("mask")] / 255.0), 6),
         "bytes": paths.patches.stat().st_size,
     }
     write_json(paths.patches_report, summary)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,9 +166,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
 
     def step(self, batch: torch.Tensor, phase: int) -> torch.Tensor:
-        """One optimisation step; returns the objective's terms (in :attr:`terms` order) and
-        the gradient norm, detached and unsynchronised (the caller checks them: see
-        :func:`check_step_finite`)."""
+        """One optimisation step; returns one tensor (so one all-reduce syncs it): the
+        objective's terms in :attr:`terms` order, then the gradient norm, detached and
+        unsynchronised (read it with :func:`term_values`; :func:`check_step_finite`)."""
         batch = batch.to(self.placement.device, non_blocking=True)
         vis, ir = batch[:, 0:1], batch[:, 1:2]
         mask = (batch[:, 2:3] > 0.5).to(batch.dtype)
@@ -190,6 +191,11 @@ class Trainer:
         if not grads:
             return torch.zeros((), device=self.placement.device)
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+
+
+def term_values(values: torch.Tensor, terms: Sequence[str]) -> dict[str, float]:
+    """A step's ``values`` (:meth:`Trainer.step`, on the CPU) as ``{term: value}``."""
+    return dict(zip(terms, values[: len(terms)].tolist(), strict=True))
 
 
 def train_model(
@@ -265,16 +271,16 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
                 values = distributed.all_reduce_mean(trainer.step(batch, phase), runtime).cpu()
                 step += 1
                 kept = checkpoint_path(paths.checkpoints, epoch) if epoch else None
-                check_step_finite(values, step, epoch + 1, total_epochs, phase, kept)
-                losses = values[: len(terms)]
+                check_step_finite(values, terms, step, epoch + 1, total_epochs, phase, kept)
+                losses = term_values(values, terms)
                 seen += batch.shape[0] * runtime.world_size
-                sums += losses.double()
-                history.append([step, epoch + 1, phase, *losses.tolist()])
+                sums += values[: len(terms)].double()
+                history.append([step, epoch + 1, phase, *losses.values()])
                 bar.set_description(f"epoch {epoch + 1}/{total_epochs} phase {phase}")
-                bar.set_postfix(loss=f"{losses[0].item():.4f}")
+                bar.set_postfix(loss=f"{losses[TOTAL]:.4f}")
                 bar.update(1)
                 if tracker and step % tp.log_every == 0:
-                    tracker.log_step(step, dict(zip(terms, losses.tolist(), strict=True)))
+                    tracker.log_step(step, losses)
             elapsed = time.perf_counter() - tic
             means = dict(zip(terms, (sums / max(1, steps_per_epoch)).tolist(), strict=True))
             rngs = _gather_rng(runtime)
@@ -319,14 +325,20 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
 
 
 def check_step_finite(
-    values: torch.Tensor, step: int, epoch: int, epochs: int, phase: int, kept: Path | None
+    values: torch.Tensor,
+    terms: Sequence[str],
+    step: int,
+    epoch: int,
+    epochs: int,
+    phase: int,
+    kept: Path | None,
 ) -> None:
     """Raise :class:`TrainingDivergedError` naming the step if a loss or the gradient norm
-    (``values``: the objective's terms, then the norm, on the CPU) is not finite; ``kept``
+    (``values``: the objective's ``terms``, then the norm, on the CPU) is not finite; ``kept``
     is the last checkpoint of this training, if any."""
     if bool(torch.isfinite(values).all()):
         return
-    loss, grad_norm = values[0].item(), values[-1].item()
+    loss, grad_norm = term_values(values, terms)[TOTAL], values[-1].item()
     what = f"loss ({loss})" if not torch.isfinite(values[:-1]).all() else f"gradient ({grad_norm})"
     raise TrainingDivergedError(
         f"non-finite {what} at step {step} (epoch {epoch}/{epochs}, phase {phase}): training "

@@ -18,7 +18,8 @@ import pytest
 
 from pipeline.core.params import PROJECT_ROOT
 from pipeline.metrics import METRIC_NAMES
-from tests.helpers.tiny_project import _project_files, coconet, mirror_dir, project_env
+from tests.helpers.mirror import mirror_dir
+from tests.helpers.tiny_project import coconet, project_env, project_files
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,7 @@ def quick_project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     if mirror_dir() is None:
         pytest.skip("public data mirror not found (../shared/mirror or COCONET_MIRROR)")
     root = tmp_path_factory.mktemp("quick") / "coconet"
-    for rel in _project_files():
+    for rel in project_files():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(PROJECT_ROOT / rel, root / rel)
     (root / "dvc.lock").unlink(missing_ok=True)

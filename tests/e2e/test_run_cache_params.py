@@ -13,7 +13,8 @@ import h5py
 import pytest
 import yaml
 
-from tests.helpers.tiny_project import make_tiny_project, mirror_dir, project_env
+from tests.helpers.mirror import mirror_dir
+from tests.helpers.tiny_project import make_tiny_project, project_env
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from pipeline.core.imageio import write_image
-from tests.helpers.tiny_project import coconet, make_tiny_project, mirror_dir, project_env
+from tests.helpers.mirror import mirror_dir
+from tests.helpers.tiny_project import coconet, make_tiny_project, project_env
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 

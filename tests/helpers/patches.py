@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from pipeline.data.patch_file import PatchWriter
+from pipeline.data.patch_file import write_patch_file
 
 PATCH = 16  # the smallest size the contrastive loss's VGG taps accept
 N_PATCHES = 8
@@ -27,10 +26,7 @@ def write_patches(path: Path, n: int = N_PATCHES, size: int = PATCH, seed: int =
             ir[blob] = 230
             patches[k, 2] = blob * 255
         patches[k, 0], patches[k, 1] = (np.clip(a, 0, 255) for a in (vis, ir))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as h5:
-        writer = PatchWriter(h5, size, {"patch_size": size})
+    with write_patch_file(path, size, {"patch_size": size}) as writer:
         for k in range(n):
             writer.append(patches[k : k + 1], f"synth/p{k}", np.zeros((1, 2), np.int32))
-        writer.close()
     return path

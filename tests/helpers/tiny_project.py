@@ -39,7 +39,8 @@ TINY_PARAMS = [
 ]
 
 
-def _project_files() -> list[str]:
+def project_files() -> list[str]:
+    """This checkout's files, tracked or untracked but not ignored, relative to its root."""
     out = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
         cwd=PROJECT_ROOT,
@@ -88,7 +89,7 @@ def _drop_listed_exclusions(entry: Path, kept: set[str]) -> None:
 def make_tiny_project(dst: Path, test_pairs: int = 2, train_pairs: int = 2) -> Path:
     """Copy the project (tracked and untracked-not-ignored files) to ``dst``, shrink it, and
     commit it in a fresh git repository (DVC needs one; the commit is a lineage tag)."""
-    for rel in _project_files():
+    for rel in project_files():
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(PROJECT_ROOT / rel, target)

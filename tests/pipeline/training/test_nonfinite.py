@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from models.losses import AdaptiveFusionLoss
+from models.objective import TOTAL, FusionObjective
 from pipeline.cli import app
 from pipeline.core.errors import CoconetError
 from pipeline.core.imageio import write_image
@@ -77,10 +78,14 @@ def test_nan_gradient_keeps_the_last_good_checkpoint(project, tiny_params, monke
 
 
 def test_check_step_finite_passes_finite_values_and_names_the_step():
-    trainer.check_step_finite(torch.ones(6), 1, 1, 2, 1, None)
+    terms = FusionObjective.names
+    trainer.check_step_finite(torch.ones(6), terms, 1, 1, 2, 1, None)
     values = torch.tensor([1.0, 1.0, 0.0, 0.5, 0.5, float("inf")])
     with pytest.raises(trainer.TrainingDivergedError, match=r"gradient \(inf\) at step 7 "):
-        trainer.check_step_finite(values, 7, 2, 2, 2, None)
+        trainer.check_step_finite(values, terms, 7, 2, 2, 2, None)
+    values = torch.tensor([float("nan"), float("inf"), 1.0])  # the total by name, not position
+    with pytest.raises(trainer.TrainingDivergedError, match=r"loss \(inf\) at step 3 "):
+        trainer.check_step_finite(values, ("adaptive", TOTAL), 3, 1, 2, 1, None)
 
 
 @pytest.fixture
