@@ -32,6 +32,7 @@ from pipeline.core.params import PROJECT_ROOT, Params, TrackingParams
 from pipeline.tracking import names
 from pipeline.tracking.dvc_lock import LOCK_FILE as DVC_LOCK_FILE
 from pipeline.tracking.dvc_lock import stage_out_hashes
+from pipeline.tracking.server import check_server, is_server
 from pipeline.tracking.store_file import (
     StoreError,
     check_artifact_locations,
@@ -56,7 +57,8 @@ def connect(
     """Check the store (``uri``, default the configured one) and point MLflow at it.
 
     A SQLite file that does not exist is refused unless ``create``; an empty, foreign or damaged
-    one always (:mod:`pipeline.tracking.store_health`). Runs of this project whose process is
+    one always (:mod:`pipeline.tracking.store_health`); a tracking server must answer its health
+    check (:mod:`pipeline.tracking.server`). Runs of this project whose process is
     gone are marked KILLED. For a SQLite file inside
     ``root`` (the embedded store), every experiment but MLflow's unused Default must keep its
     artifacts inside ``root`` or under ``tracking.artifact_root``: a copied or moved project
@@ -66,6 +68,8 @@ def connect(
     tracking = tracking or tracking_params(root)
     uri = uri or resolve_tracking_uri(tracking.uri, root)
     db = sqlite_file(uri)
+    if is_server(uri):
+        check_server(uri)
     if db is not None and not db.is_file() and not create:
         raise missing_store(db)
     if db is not None and db.is_file():
