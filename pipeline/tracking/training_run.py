@@ -5,14 +5,19 @@ runs of their own (:mod:`pipeline.tracking.evaluation_run`), the registry tags t
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import requests
 import torch
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from pipeline.core.params import Params
@@ -24,9 +29,19 @@ from pipeline.tracking.provenance import git_state
 from pipeline.tracking.run_record import write_run_info
 from pipeline.tracking.store_health import mark_stale_runs, owner_tags
 
+TRACKING_ERRORS = (MlflowException, requests.RequestException, OSError)
+BATCH = 1000  # metrics per log_batch call (MLflow's limit)
+FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
 
 class RunTracker:
-    """One MLflow run per training, continued (same run id) when training resumes."""
+    """One MLflow run per training, continued (same run id) when training resumes.
+
+    The store lost while training (a tracking server that went away): the losses stop being
+    logged, training goes on, and :attr:`lost` (``{"step", "reason"}``) goes into each
+    checkpoint; the trainer ends with :class:`~pipeline.core.errors.TrackingLostError`. The next
+    run reopens the run and logs what was missed from the checkpoint's history (:meth:`replay`).
+    """
 
     def __init__(
         self,
@@ -43,6 +58,26 @@ class RunTracker:
         self.run_id = run_id
         self.experiment_id = ""
         self.uri = ""
+        self.lost: dict[str, Any] | None = None
+
+    def lose(self, step: int, exc: BaseException) -> None:
+        """Stop logging: the store is gone (``exc``) since ``step``."""
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        self.lost = {"step": step, "reason": reason}
+        os.environ.update(FAIL_FAST)  # later calls (system metrics, exit) must not hang
+        print(
+            f"MLflow store lost at step {step} ({reason}): training goes on; the losses stay "
+            "in the checkpoints and are logged to this run when the store is back",
+            flush=True,
+        )
+
+    def _log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.lost is not None:
+            return
+        try:
+            mlflow.log_metrics(metrics, step=step)
+        except TRACKING_ERRORS as exc:
+            self.lose(step, exc)
 
     def start(self, params_digest: str, resumed_epoch: int | None = None) -> None:
         """Open (or reopen) the run and record params, tags, data inputs and lineage files."""
@@ -105,7 +140,7 @@ class RunTracker:
     def log_step(self, step: int, terms: Mapping[str, float]) -> None:
         """Per-step loss terms (every ``train.log_every`` steps)."""
         metrics = {names.step_metric(name): float(v) for name, v in terms.items()}
-        mlflow.log_metrics(metrics, step=step)
+        self._log(step, metrics)
 
     def log_epoch(
         self, epoch: int, phase: int, means: Mapping[str, float], patches_per_s: float
@@ -114,7 +149,40 @@ class RunTracker:
         metrics = {names.epoch_metric(name): float(v) for name, v in means.items()}
         metrics[names.epoch_metric("phase")] = float(phase)
         metrics[names.epoch_metric("patches_per_s")] = patches_per_s
-        mlflow.log_metrics(metrics, step=epoch)
+        self._log(epoch, metrics)
+
+    def replay(
+        self, history: list[list[float]], terms: list[str], log_every: int, lost: dict[str, Any]
+    ) -> int:
+        """Log the step losses (every ``log_every`` steps) and epoch means a lost store
+        missed, from the checkpoint's ``history`` rows ``[step, epoch, phase, *terms]``; tag
+        the run with the gap; returns the number of metrics logged."""
+        first = int(lost["step"])
+        metrics: list[Metric] = []
+        now = int(time.time() * 1000)
+        epochs: dict[int, list[list[float]]] = {}
+        for step, epoch, phase, *values in history:
+            epochs.setdefault(int(epoch), []).append([phase, *values])
+            if step >= first and int(step) % log_every == 0:
+                for name, value in zip(terms, values, strict=True):
+                    metrics.append(Metric(names.step_metric(name), value, now, int(step)))
+        first_epoch = min((int(e) for s, e, *_ in history if s >= first), default=None)
+        for epoch, rows in epochs.items():
+            if first_epoch is None or epoch < first_epoch:
+                continue
+            means = torch.tensor(rows, dtype=torch.float64).mean(dim=0).tolist()
+            metrics.append(Metric(names.epoch_metric("phase"), rows[0][0], now, epoch))
+            for name, value in zip(terms, means[1:], strict=True):
+                metrics.append(Metric(names.epoch_metric(name), value, now, epoch))
+        client = mlflow.MlflowClient()
+        for start in range(0, len(metrics), BATCH):
+            client.log_batch(self.run_id, metrics=metrics[start : start + BATCH])
+        mlflow.set_tag(
+            names.TRACKING_GAP,
+            f"store lost from step {first} ({lost['reason']}); those losses were logged from "
+            "the checkpoint after training",
+        )
+        return len(metrics)
 
     def finish(self, model: torch.nn.Module, loss_csv: Path, params_digest: str) -> dict[str, Any]:
         """Log the loss CSV and the MLflow model (safetensors weights, loaded by
@@ -146,7 +214,12 @@ class RunTracker:
     def fail(self, reason: str | None = None) -> None:
         """Mark the run failed, with ``reason`` as its ``failure`` tag (a resumed training
         reopens it)."""
-        if mlflow.active_run() is not None:
-            if reason:
-                mlflow.set_tag(names.FAILURE, reason[:5000])
-            mlflow.end_run(status="FAILED")
+        if mlflow.active_run() is None:
+            return
+        if self.lost is not None:  # one fast try; the next training run finishes the run
+            with contextlib.suppress(*TRACKING_ERRORS):
+                mlflow.end_run(status="FAILED")
+            return
+        if reason:
+            mlflow.set_tag(names.FAILURE, reason[:5000])
+        mlflow.end_run(status="FAILED")

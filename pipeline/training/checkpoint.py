@@ -123,6 +123,18 @@ def save_checkpoint(folder: str | Path, epoch: int, payload: dict[str, Any]) -> 
     return target
 
 
+def mark_tracking_lost(folder: str | Path, lost: dict[str, Any] | None) -> Path | None:
+    """Record in the latest checkpoint that its MLflow run lost the store (``lost``), so that
+    the next training run finishes the run from it instead of starting fresh."""
+    path = latest_checkpoint(folder)
+    if path is not None:
+        state = load_checkpoint(path)
+        state["tracking_lost"] = lost
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    return path
+
+
 def latest_checkpoint(folder: str | Path) -> Path | None:
     """The checkpoint with the highest epoch in ``folder``, if any."""
     found = [

@@ -29,12 +29,14 @@ from pipeline.core.paths import ProjectPaths
 from pipeline.data.patch_dataset import PatchDataset
 from pipeline.inference import checkpoint_state
 from pipeline.reference_models import official_checkpoint
-from pipeline.tracking.training_run import RunTracker
+from pipeline.tracking.training_run import TRACKING_ERRORS, RunTracker
 from pipeline.training import distributed
 from pipeline.training.checkpoint import (
     checkpoint_path,
     find_resumable,
     fingerprint,
+    latest_checkpoint,
+    mark_tracking_lost,
     params_digest,
     rng_state,
     save_checkpoint,
@@ -59,6 +61,11 @@ OBJECTIVE_PARAMS = (  # the train params the objective takes, by the same names
 
 class TrainingDivergedError(CoconetError, RuntimeError):
     """A loss or gradient became NaN or infinite: training stops without saving that state."""
+
+
+class TrackingLostError(CoconetError, RuntimeError):
+    """Training finished, but the MLflow store went away: the run is incomplete until the next
+    training run logs it from the kept checkpoint."""
 
 
 def seed_everything(seed: int) -> None:
@@ -219,7 +226,13 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
     expected = fingerprint(params, paths.patches, terms)
     state, message = find_resumable(paths.checkpoints, expected)
     total_epochs = tp.phase1_epochs + tp.phase2_epochs
-    if state is not None and int(state["epoch"]) >= total_epochs:  # its run has ended
+    lost = state.get("tracking_lost") if state is not None else None
+    if lost:
+        message = (
+            f"{message}; its MLflow run lost the store at step {lost['step']}: the losses it "
+            "missed are logged from the checkpoint"
+        )
+    elif state is not None and int(state["epoch"]) >= total_epochs:  # its run has ended
         state = None
         message = (
             f"the latest checkpoint completed all {total_epochs} epochs and its MLflow run has "
@@ -248,6 +261,9 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
     if tracker:
         print(message, flush=True)
         tracker.start(params_digest(params), start_epoch if state is not None else None)
+        if lost:
+            count = tracker.replay(history, terms, tp.log_every, lost)
+            print(f"logged {count} metrics the lost store missed", flush=True)
     if state is not None:  # restored last, so nothing above can shift the random streams
         saved = state["rng"]
         restore_rng_state(saved[runtime.rank] if runtime.rank < len(saved) else saved[0])
@@ -300,6 +316,7 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
                         "rng": rngs,
                         "run_id": tracker.run_id,
                         "fingerprint": expected,
+                        "tracking_lost": tracker.lost,
                     },
                 )
             distributed.barrier(runtime)
@@ -316,7 +333,18 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
                 "params": params.model_dump(mode="json", by_alias=True),
             },
         )
-        return tracker.finish(trainer.model, paths.loss_csv, params_digest(params))
+        if tracker.lost is None:
+            try:
+                return tracker.finish(trainer.model, paths.loss_csv, params_digest(params))
+            except TRACKING_ERRORS as exc:  # the store went away while the model was logged
+                tracker.lose(step, exc)
+                mark_tracking_lost(paths.checkpoints, tracker.lost)
+        raise TrackingLostError(
+            f"training finished and {latest_checkpoint(paths.checkpoints)} is kept, but the "
+            f"MLflow store was lost at step {tracker.lost['step']} ({tracker.lost['reason']}): "
+            f"run {tracker.run_id} is incomplete; when the store is back, run the train stage "
+            "again (dvc repro): it logs the run from the checkpoint without retraining"
+        )
     except BaseException as exc:
         bar.close()
         if tracker:
