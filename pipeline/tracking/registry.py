@@ -61,6 +61,19 @@ class Registry:
         found = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
         return max(found, key=lambda v: int(v.version)) if found else None
 
+    def _finish_alias(self, name: str, version: ModelVersion) -> ModelVersion:
+        """Move the decided alias to ``version`` if an earlier register died between writing
+        the decision and moving it; only while no later version exists (a later one decided
+        after it and may hold the alias rightly)."""
+        decided = version.tags[names.DECISION]
+        if decided in version.aliases:
+            return version
+        versions = self.client.search_model_versions(f"name = '{name}'")
+        if max(int(v.version) for v in versions) != int(version.version):
+            return version
+        self.client.set_registered_model_alias(name, decided, version.version)
+        return self.client.get_model_version(name, version.version)
+
     def register(
         self,
         source: str,
@@ -74,7 +87,7 @@ class Registry:
         decision, and the decision's alias moves to it last."""
         version = self.version_of_run(name, run_id)
         if version is not None and names.DECISION in version.tags:
-            return version, False
+            return self._finish_alias(name, version), False
         if version is None:
             version = mlflow.register_model(source, name, tags=dict(tags))
         else:  # an earlier register died after MLflow created the version: complete it

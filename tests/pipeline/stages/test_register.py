@@ -92,3 +92,34 @@ def test_a_version_left_without_a_decision_is_completed_not_duplicated(tmp_path,
     v1 = client.get_model_version("coconet", "1")
     assert v1.tags["promotion.decision"] == "champion" and v1.tags["eval.run_id"]
     assert str(client.get_model_version_by_alias("coconet", "champion").version) == "1"
+
+
+def test_the_alias_moves_only_when_the_promotion_is_written(tmp_path, monkeypatch):
+    """The store gone (or the process killed) as the better version's alias would move: the
+    champion stays where it was; the next register moves it, without a second version."""
+    import pytest
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    tracking_env = f"sqlite:///{tmp_path / 'own.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_env)
+    root = make_project(tmp_path / "proj", GOOD)
+    log_training_run(root, tracking_env)
+    reg.run(PARAMS, ProjectPaths(root))
+    write_metrics(root, {**GOOD, "VIF": 0.9, "Nabf": 0.01})
+    log_training_run(root, tracking_env)
+    client = MlflowClient(tracking_env)
+
+    def gone(*args, **kwargs):
+        raise MlflowException("API request failed: Connection refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "set_registered_model_alias", gone)
+        with pytest.raises(MlflowException):
+            reg.run(PARAMS, ProjectPaths(root))
+    assert client.get_model_version_by_alias("coconet", "champion").version == 1
+    assert client.get_model_version("coconet", "2").tags["promotion.decision"] == "champion"
+    done = reg.run(PARAMS, ProjectPaths(root))
+    assert done["version"] == "2" and done["alias"] == "champion"
+    assert client.get_model_version_by_alias("coconet", "champion").version == 2
+    assert len(client.search_model_versions("name = 'coconet'")) == 2
