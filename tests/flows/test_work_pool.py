@@ -119,6 +119,8 @@ def test_workers_run_retrains_one_at_a_time_and_survive_a_killed_worker(
         first = _wait(_trigger())
         assert first.state.type == StateType.COMPLETED, _logs(first.id)
         assert len(_picked_by(logs, first.id)) == 1  # exactly one worker ran it
+        waited = (first.start_time - first.created).total_seconds()
+        print(f"trigger to flow run start: {waited:.1f} s (README: team mode numbers)")
         assert "ingested n1" in _logs(first.id)
 
         write_pair(tiny / "inbox" / "n2")
