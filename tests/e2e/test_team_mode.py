@@ -14,9 +14,12 @@ import io
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +49,44 @@ def _png_b64(array: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray((array * 255).astype(np.uint8)).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _serve_one_request(worker: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """`mlflow models serve` of the champion from the server registry answers a fusion."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cli = str(Path(sys.executable).parent / "mlflow")
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [cli, "models", "serve", "-m", "models:/coconet@champion", "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(port)],
+            cwd=worker, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                time.sleep(1)
+        rng = np.random.default_rng(0)
+        records = [{"vis": _png_b64(rng.random((16, 24))), "ir": _png_b64(rng.random((16, 24)))}]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            json.dumps({"dataframe_records": records}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            assert answer.status == 200
+            assert json.loads(answer.read())["predictions"][0]["fused"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -121,15 +162,7 @@ def test_workstation_and_worker_share_registry_data_and_retrains(services, tmp_p
     assert lineage["model"]["aliases"] == ["champion"]
     assert all(item["ok"] for item in lineage["verify"])
 
-    request = tmp_path / "input.json"
-    rng = np.random.default_rng(0)
-    records = [{"vis": _png_b64(rng.random((16, 24))), "ir": _png_b64(rng.random((16, 24)))}]
-    request.write_text(json.dumps({"dataframe_records": records}))
-    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
-    _run([mlflow_cli, "models", "predict", "-m", "models:/coconet@champion", "-i", str(request),
-          "-t", "json", "--env-manager", "local", "-o", str(tmp_path / "out.json")],
-         worker, wenv)  # fmt: skip
-    assert json.loads((tmp_path / "out.json").read_text())["predictions"][0]["fused"]
+    _serve_one_request(worker, wenv, tmp_path)
 
     _pg_restart(services)  # between two commands: the server reconnects
     _run([*fuse, "-o", str(tmp_path / "b.png")], worker, wenv)
