@@ -14,8 +14,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +27,7 @@ from PIL import Image
 from tests.e2e.test_quick_run import readme_quick_command
 from tests.helpers.dvc_project import write_pair
 from tests.helpers.mirror import mirror_dir
+from tests.helpers.serving import served_champion
 from tests.helpers.team_services import team_services
 from tests.helpers.tiny_project import coconet, project_env, project_files
 
@@ -53,40 +52,17 @@ def _png_b64(array: np.ndarray) -> str:
 
 def _serve_one_request(worker: Path, env: dict[str, str], tmp_path: Path) -> None:
     """`mlflow models serve` of the champion from the server registry answers a fusion."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cli = str(Path(sys.executable).parent / "mlflow")
-    log = tmp_path / "serve.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [cli, "models", "serve", "-m", "models:/coconet@champion", "--env-manager", "local",
-             "-h", "127.0.0.1", "-p", str(port)],
-            cwd=worker, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                time.sleep(1)
+    with served_champion(env, tmp_path / "serve.log", cwd=worker) as (base, _):
         rng = np.random.default_rng(0)
         records = [{"vis": _png_b64(rng.random((16, 24))), "ir": _png_b64(rng.random((16, 24)))}]
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
+            f"{base}/invocations",
             json.dumps({"dataframe_records": records}).encode(),
             {"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=120) as answer:
             assert answer.status == 200
             assert json.loads(answer.read())["predictions"][0]["fused"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import io
 import os
 import pickle
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from pipeline.tracking.served_model import RequestError
 from tests.helpers.hostile import png_header_only
 from tests.helpers.models import CPU_FP32
 from tests.helpers.registry import log_training_run, make_project
+from tests.helpers.serving import served_champion
 
 PARAMS = Params.model_validate({"model": {"vgg_weights": "random"}})
 METRICS = {"VIF": 0.5, "Qabf": 0.5, "SSIM": 0.5, "Nabf": 0.1}
@@ -249,12 +249,6 @@ def test_mlflow_models_predict_with_the_local_env_manager(store, mlflow_store, t
     assert image.shape == (16, 24) and image.dtype == np.uint8
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _post(url: str, body: bytes, timeout: float = 60) -> tuple[int, bytes]:
     request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
     try:
@@ -268,28 +262,11 @@ def _post(url: str, body: bytes, timeout: float = 60) -> tuple[int, bytes]:
 def test_mlflow_models_serve_fuses_over_rest(store, mlflow_store, tmp_path):
     import json
 
-    port = _free_port()
-    cli = Path(sys.executable).parent / "mlflow"
-    command = [str(cli), "models", "serve", "-m", "models:/coconet@champion"]
-    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    path = os.pathsep.join([str(cli.parent), os.environ.get("PATH", "")])  # uvicorn beside it
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PATH": path}
-    log = tmp_path / "serve.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, f"server exited: {log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"server not up: {log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                time.sleep(1)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store}
+    with served_champion(env, tmp_path / "serve.log", timeout=180) as (base, server):
         rng = np.random.default_rng(1)
         vis, ir = rng.random((24, 32)), rng.random((24, 32))
-        url = f"http://127.0.0.1:{port}/invocations"
+        url = f"{base}/invocations"
         records = [{"vis": vis.tolist(), "ir": ir.tolist()}]
         body = json.dumps({"dataframe_records": records}).encode()
         status, answer = _post(url, body)
@@ -322,10 +299,3 @@ def test_mlflow_models_serve_fuses_over_rest(store, mlflow_store, tmp_path):
             assert time.monotonic() - tic < 5, case
         status, _ = _post(url, json.dumps({"dataframe_records": good}).encode())
         assert status == 200 and server.poll() is None  # still serving
-    finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
