@@ -59,11 +59,15 @@ class RunTracker:
         self.experiment_id = ""
         self.uri = ""
         self.lost: dict[str, Any] | None = None
+        self.last_step = 0  # the last step whose losses were logged
 
-    def lose(self, step: int, exc: BaseException) -> None:
-        """Stop logging: the store is gone (``exc``) since ``step``."""
+    def lose(self, step: int, exc: BaseException, epoch: int | None = None) -> None:
+        """Stop logging: the store is gone (``exc``) from ``step`` on (and from ``epoch``'s
+        means on, when the epoch's own logging failed)."""
         reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         self.lost = {"step": step, "reason": reason}
+        if epoch is not None:
+            self.lost["epoch"] = epoch
         os.environ.update(FAIL_FAST)  # later calls (system metrics, exit) must not hang
         print(
             f"MLflow store lost at step {step} ({reason}): training goes on; the losses stay "
@@ -71,13 +75,17 @@ class RunTracker:
             flush=True,
         )
 
-    def _log(self, step: int, metrics: dict[str, float]) -> None:
+    def _log(self, metrics: dict[str, float], step: int, epoch: int | None = None) -> bool:
+        """Log ``metrics`` at ``step`` (``epoch`` for an epoch's means) unless the store is
+        lost; whether they were logged."""
         if self.lost is not None:
-            return
+            return False
         try:
-            mlflow.log_metrics(metrics, step=step)
+            mlflow.log_metrics(metrics, step=epoch if epoch is not None else step)
         except TRACKING_ERRORS as exc:
-            self.lose(step, exc)
+            self.lose(step, exc, epoch)
+            return False
+        return True
 
     def start(self, params_digest: str, resumed_epoch: int | None = None) -> None:
         """Open (or reopen) the run and record params, tags, data inputs and lineage files."""
@@ -140,7 +148,8 @@ class RunTracker:
     def log_step(self, step: int, terms: Mapping[str, float]) -> None:
         """Per-step loss terms (every ``train.log_every`` steps)."""
         metrics = {names.step_metric(name): float(v) for name, v in terms.items()}
-        self._log(step, metrics)
+        if self._log(metrics, step):
+            self.last_step = step
 
     def log_epoch(
         self, epoch: int, phase: int, means: Mapping[str, float], patches_per_s: float
@@ -149,7 +158,7 @@ class RunTracker:
         metrics = {names.epoch_metric(name): float(v) for name, v in means.items()}
         metrics[names.epoch_metric("phase")] = float(phase)
         metrics[names.epoch_metric("patches_per_s")] = patches_per_s
-        self._log(epoch, metrics)
+        self._log(metrics, self.last_step + 1, epoch)  # its steps were all logged
 
     def replay(
         self, history: list[list[float]], terms: list[str], log_every: int, lost: dict[str, Any]
@@ -166,7 +175,9 @@ class RunTracker:
             if step >= first and int(step) % log_every == 0:
                 for name, value in zip(terms, values, strict=True):
                     metrics.append(Metric(names.step_metric(name), value, now, int(step)))
-        first_epoch = min((int(e) for s, e, *_ in history if s >= first), default=None)
+        first_epoch = lost.get("epoch") or min(
+            (int(e) for s, e, *_ in history if s >= first), default=None
+        )
         for epoch, rows in epochs.items():
             if first_epoch is None or epoch < first_epoch:
                 continue

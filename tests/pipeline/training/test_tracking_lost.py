@@ -92,3 +92,28 @@ def test_a_store_lost_while_the_model_is_logged_marks_the_checkpoint(
     record = train.run(tiny_params(), project)
     assert record["run_id"] == kept["run_id"]
     assert mlflow.get_run(record["run_id"]).info.status == "FINISHED"
+
+
+def test_a_store_lost_at_an_epoch_end_replays_that_epoch_and_no_step_twice(
+    project, tiny_params, monkeypatch
+):
+    real = mlflow.log_metrics
+
+    def log_metrics(metrics, *args, **kwargs):
+        if "train_epoch/loss" in metrics:  # the first epoch's means: the server is gone
+            raise MlflowException("API request to http://tracking/api failed: Connection refused")
+        return real(metrics, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mlflow, "log_metrics", log_metrics)
+        with pytest.raises(TrackingLostError, match="lost at step 3"):
+            train.run(tiny_params(), project)
+    _store_back()
+    kept = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(project.checkpoints))
+    assert kept["tracking_lost"]["step"] == 3 and kept["tracking_lost"]["epoch"] == 1
+    record = train.run(tiny_params(), project)
+    client = mlflow.MlflowClient()
+    steps = [m.step for m in client.get_metric_history(record["run_id"], "train/loss")]
+    assert sorted(steps) == [1, 2, 3, 4]
+    epochs = [m.step for m in client.get_metric_history(record["run_id"], "train_epoch/loss")]
+    assert sorted(epochs) == [1, 2]
