@@ -9,9 +9,10 @@ the deployment's concurrency limit is 1 (``ENQUEUE``: a second trigger waits for
 whichever worker picks it up), on top of the retrain lock of each clone.
 
 Crashed workers: a flow run whose worker dies sends no more heartbeats (workers started here
-send one every :data:`HEARTBEAT_S` seconds). The automation :data:`AUTOMATION` marks such a run
-CRASHED after :data:`SILENCE_S` seconds of silence, which releases its concurrency slot; the
-next retrain on that clone rolls back what the dead one left (:mod:`flows.retrain_journal`).
+send one every :data:`HEARTBEAT_S` seconds). An automation per deployment
+(:func:`automation_name`) marks such a run CRASHED after :data:`SILENCE_S` seconds of silence,
+which releases its concurrency slot; the next retrain on that clone rolls back what the dead
+one left (:mod:`flows.retrain_journal`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from flows.schedule import ScheduleError, check_schedule, require_server
 POOL_TYPE = "process"
 HEARTBEAT_S = 30  # Prefect's minimum flow run heartbeat interval
 SILENCE_S = 3 * HEARTBEAT_S + 15
-AUTOMATION = "coconet: mark silent retrain runs crashed"
+AUTOMATION = "coconet: mark silent retrain runs crashed"  # + ": <flow>/<deployment>"
 TERMINAL_EVENTS = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
 
 
@@ -57,10 +58,15 @@ async def _ensure_pool(name: str) -> None:
         raise ScheduleError(f"work pool {name!r} is of type {pool.type!r}, not {POOL_TYPE!r}")
 
 
-def crash_automation(deployment_id: UUID) -> Automation:
+def automation_name(deployment: str) -> str:
+    """One automation per deployment: deploying another never re-targets this one's."""
+    return f"{AUTOMATION}: {retrain.name}/{deployment}"
+
+
+def crash_automation(deployment_id: UUID, deployment: str) -> Automation:
     """Mark a run of the deployment CRASHED when its heartbeats stop before it ended."""
     return Automation(
-        name=AUTOMATION,
+        name=automation_name(deployment),
         description=f"Runs of deployment {deployment_id} whose worker died (no heartbeat for "
         f"{SILENCE_S} s, no final state) become CRASHED, which frees the concurrency slot.",
         trigger=EventTrigger(
@@ -82,10 +88,10 @@ def crash_automation(deployment_id: UUID) -> Automation:
     )
 
 
-def _ensure_automation(deployment_id: UUID) -> None:
-    wanted = crash_automation(deployment_id)
+def _ensure_automation(deployment_id: UUID, deployment: str) -> None:
+    wanted = crash_automation(deployment_id, deployment)
     try:
-        existing = Automation.read(name=AUTOMATION)
+        existing = Automation.read(name=wanted.name)
     except ValueError:  # none of that name yet
         wanted.create()
         return
@@ -121,7 +127,7 @@ def deploy(
         push=False,
         print_next_steps=False,
     )
-    _ensure_automation(deployment_id)
+    _ensure_automation(deployment_id, name)
     return deployment_id
 
 
