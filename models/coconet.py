@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import MultiLevelAttention, Window
+from models.contrast import OutputContrast
 from models.precision import without_autocast
 from models.vgg import VGG19Features
 
@@ -104,6 +105,9 @@ class CoCoNet(nn.Module):
     def __init__(self, vgg_weights: str = "imagenet", fusion_only: bool = False) -> None:
         super().__init__()
         self.vgg_weights = vgg_weights
+        # the fused image's per-image mean and spread (models/contrast.py); None: as the network
+        # gives it. Applied by whoever assembles a whole fused image (pipeline/fusion.py).
+        self.output_contrast: OutputContrast | None = None
         self.vgg = VGG19Features(vgg_weights, fusion_only=fusion_only)
         self.pool = nn.MaxPool2d(2)
         self.enc1 = nn.Sequential(conv_block(2, 32), conv_block(32, 32))

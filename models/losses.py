@@ -102,6 +102,25 @@ def mean_gradient(
     return (grads.abs().sum(dim=1) + _GRADIENT_EPS).flatten(1).mean(1)
 
 
+def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel Sobel magnitude |Gx| + |Gy| of (B, 1, H, W) images (kornia, replicate border)."""
+    return spatial_gradient(x, mode="sobel", normalized=False).abs().sum(dim=2)
+
+
+def detail_loss(
+    fused: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor, gain: float = 1.0
+) -> torch.Tensor:
+    """Per-sample mean L1 distance between the fused image's Sobel magnitude and ``gain`` times
+    the larger of the two sources' at each pixel, shape (B,); images on 0..1.
+
+    The texture term of the IVIF literature (e.g. SeAFusion's ``max(|∇vis|, |∇ir|)`` target):
+    every edge of either source kept at its strongest; ``gain`` > 1 asks for sharper edges than
+    either source has. Not part of the paper's loss (its weight is 0 in the paper schedule).
+    """
+    target = gain * torch.maximum(gradient_magnitude(vis), gradient_magnitude(ir))
+    return (gradient_magnitude(fused) - target).abs().flatten(1).mean(1)
+
+
 def entropy(x: torch.Tensor, bins: int = 256) -> torch.Tensor:
     """Shannon entropy (bits) of each sample's own 256-bin histogram of ``round(255 x)``.
 
@@ -227,7 +246,8 @@ class CoupledContrastiveLoss(nn.Module):
     the foreground term (an empty-mask sample adds exactly 0 to both foreground means, so it
     drops out; with no mask in the batch the foreground term is 0). Only ``reduction="mean"``
     exists. ``mode="per_sample"``: ``L1`` is per sample, each sample has its own ratios, samples
-    whose mask is empty contribute nothing (value 0, not run through the VGG);
+    whose mask is empty contribute nothing (value 0, not run through the VGG), and a sample whose
+    mask covers it whole has no background term (0, where the ratio would be 0/0);
     ``reduction="mean"`` averages over the samples that have a mask (0 when none has), ``"none"``
     returns the (B,) values.
 
@@ -300,7 +320,11 @@ class CoupledContrastiveLoss(nn.Module):
                 l1_neg = (a[rows].unsqueeze(0) - t[neg]).abs().flatten(2).mean(2)
                 if self.mode == "batch":
                     l1_pos, l1_neg = l1_pos.mean(), l1_neg.mean(1)
-                total = total + weight * l1_pos / (l1_neg.sum(0) + self.eps)
+                    total = total + weight * l1_pos / (l1_neg.sum(0) + self.eps)
+                else:  # a patch the mask covers whole has no background: that term is 0, not 0/0
+                    denominator = l1_neg.sum(0) + self.eps
+                    ratio = l1_pos / denominator.clamp_min(torch.finfo(denominator.dtype).tiny)
+                    total = total + weight * torch.where(denominator > 0, ratio, 0.0)
         if self.mode == "batch":
             return total
         values = fused.new_zeros(batch).index_put((chosen,), total.to(fused.dtype))

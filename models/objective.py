@@ -1,7 +1,8 @@
 """CoCoNet's training objective: every loss term of a step, by name, and the total minimised.
 
 Phase 1 minimises the adaptive fusion loss (its weighted SSIM and intensity, i.e. MSE, terms);
-phase 2 adds the coupled contrastive loss times ``contrast_weight``.
+phase 2 adds the coupled contrastive loss times ``contrast_weight``. Both phases add the
+detail (texture) term times ``detail_weight`` (0 in the paper's schedule: not the paper's loss).
 :meth:`FusionObjective.forward` returns the terms as a mapping whose keys are
 :attr:`FusionObjective.names` in that order, the total (:data:`TOTAL`) first. The trainer, the
 logged metrics, ``reports/train_loss.csv`` and the checkpoint history follow those names, so a
@@ -17,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from models.losses import AdaptiveFusionLoss, CoupledContrastiveLoss
+from models.losses import AdaptiveFusionLoss, CoupledContrastiveLoss, detail_loss
 from models.vgg import VGG19Features
 
 TOTAL = "loss"
@@ -26,7 +27,7 @@ TOTAL = "loss"
 class FusionObjective(nn.Module):
     """The two losses of the paper combined per phase; images on 0..1, (B, 1, H, W)."""
 
-    names: tuple[str, ...] = (TOTAL, "adaptive", "contrastive", "ssim", "intensity")
+    names: tuple[str, ...] = (TOTAL, "adaptive", "contrastive", "ssim", "intensity", "detail")
 
     def __init__(
         self,
@@ -42,9 +43,12 @@ class FusionObjective(nn.Module):
         ssim_reduction: Literal["batch", "sample"] = "batch",
         gradient_padding: Literal["zeros", "replicate"] = "zeros",
         contrastive_mode: Literal["batch", "per_sample"] = "batch",
+        detail_weight: float = 0.0,
+        detail_gain: float = 1.0,
     ) -> None:
         super().__init__()
         self.contrast_weight = contrast_weight
+        self.detail_weight, self.detail_gain = detail_weight, detail_gain
         self.adaptive = AdaptiveFusionLoss(
             ssim_weight=ssim_weight,
             c1=c1,
@@ -77,10 +81,15 @@ class FusionObjective(nn.Module):
                 contrastive = self.contrastive(fused, vis, ir, mask).float()
         else:
             contrastive = fused.new_zeros(())
+        if self.detail_weight > 0:
+            detail = detail_loss(fused, vis, ir, self.detail_gain).mean()
+        else:
+            detail = fused.new_zeros(())
         return {
-            TOTAL: adaptive + self.contrast_weight * contrastive,
+            TOTAL: adaptive + self.contrast_weight * contrastive + self.detail_weight * detail,
             "adaptive": adaptive,
             "contrastive": contrastive,
             "ssim": ssim,
             "intensity": intensity,
+            "detail": detail,
         }

@@ -39,6 +39,7 @@ import torch
 
 from models.coconet import CoCoNet
 from models.errors import CoconetError
+from models.state import fusion_state
 from models.vgg import build_vgg19_features
 from models.weights_file import WeightsFileError, load_weights_file
 
@@ -315,8 +316,10 @@ def save_converted(
     """Convert an official checkpoint and write it in the ``artifacts/model.pt`` format.
 
     The file is ``{'state_dict', 'vgg_weights', 'params', 'source': 'official', 'official':
-    report}`` (plain types besides the tensors; ``torch.load(weights_only=True)`` reads it, and
-    ``pipeline.inference.load_checkpoint_model`` loads it). The VGG layers the official file lacks
+    report}``, its state dict lean like every fusion model file (no VGG-19 layer only the
+    training loss uses, :func:`models.state.fusion_state`); plain types besides the tensors, so
+    ``torch.load(weights_only=True)`` reads it and ``pipeline.inference.load_checkpoint_model``
+    loads it. The VGG layers the official file lacks
     come from ``vgg_weights``; ``'vgg_weights'`` in the file says ``official+<vgg_weights>``, and
     ``official.vgg_consistent`` whether the file's VGG layers equal those of ``vgg_weights``.
     Written to a temporary file beside ``path_out`` and renamed onto it.
@@ -324,7 +327,7 @@ def save_converted(
     state, report = convert_official_checkpoint(path_in)
     full, consistent = complete_vgg(state, vgg_weights)
     payload = {
-        "state_dict": full,
+        "state_dict": fusion_state(full),  # lean: fine-tuning fills conv4_1.. from its params
         "vgg_weights": f"{SOURCE}+{vgg_weights}",
         "params": {},
         "source": SOURCE,

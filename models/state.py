@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from models.coconet import CoCoNet
+from models.contrast import check_output_contrast
 from models.errors import CoconetError
 from models.vgg import SIDE_DEPTH
 
@@ -55,11 +56,21 @@ def fusion_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value for key, value in state.items() if not is_contrast_only(key)}
 
 
-def coconet_from_state(state: dict[str, torch.Tensor], vgg_weights: str, source: str) -> CoCoNet:
+def coconet_from_state(
+    state: dict[str, torch.Tensor],
+    vgg_weights: str,
+    source: str,
+    output_contrast: object = None,
+) -> CoCoNet:
     """An eval-mode fusion-only CoCoNet holding exactly ``state`` (finite, every key, nothing
     more; the VGG-19 layers only the contrastive loss uses are dropped, so full and lean files
-    load alike), its VGG frozen and labelled ``vgg_weights``; ``source`` names the file in
-    errors."""
+    load alike), its VGG frozen and labelled ``vgg_weights``, its output contrast the file's
+    ``output_contrast`` entry (checked; None for files without one); ``source`` names the file
+    in errors."""
+    try:
+        contrast = check_output_contrast(output_contrast, source)
+    except ValueError as exc:
+        raise StateDictError(str(exc)) from exc
     state = fusion_state(state)
     check_finite(state, source)
     with torch.device("meta"):
@@ -79,4 +90,5 @@ def coconet_from_state(state: dict[str, torch.Tensor], vgg_weights: str, source:
     for param in model.vgg.parameters():
         param.requires_grad_(False)
     model.vgg_weights = model.vgg.weights = vgg_weights
+    model.output_contrast = contrast
     return model.eval()

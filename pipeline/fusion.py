@@ -1,10 +1,11 @@
 """Fusing arrays with a loaded CoCoNet: precision, memory budget, tiles and colour.
 
 Inference runs in eval mode under ``torch.inference_mode`` with channels-last tensors and inputs
-on the network's [-1, 1] scale, in the placement's precision; a pair whose estimated working memory
-exceeds the budget is fused in exact tiles (:mod:`models.tiling`). A colour visible image is
-fused in YCbCr: the network fuses Y with the infrared image and the chroma comes from the visible
-image. ``coconet fuse``, the evaluate stage and the served MLflow model all fuse through
+on the network's [-1, 1] scale, in the placement's precision; a pair whose estimated working
+memory exceeds the budget is fused in exact tiles (:mod:`models.tiling`); a model with an output
+contrast (:mod:`models.contrast`) has the whole fused image normalised to it. A colour visible
+image is fused in YCbCr: the network fuses Y with the infrared image and the chroma comes from
+the visible image. ``coconet fuse``, the evaluate stage and the served MLflow model all fuse through
 :func:`fuse_arrays`.
 """
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from models.coconet import CoCoNet
+from models.contrast import normalise_contrast
 from models.scaling import to_signed, to_unit
 from models.tiling import fuse_tiled, plan_tiles
 from pipeline.core.colour import rgb_to_ycbcr, ycbcr_to_rgb
@@ -43,7 +45,10 @@ def _fuse_grey(model: CoCoNet, vis: np.ndarray, ir: np.ndarray, placement: Place
                 for a in (vis, ir)
             ]
             fused = model(*tensors) if tile is None else fuse_tiled(model, *tensors, tile, device)
-            return to_unit(fused.float()).clamp(0, 1)[0, 0].cpu().numpy()
+            fused = to_unit(fused.float()).clamp(0, 1)
+            if model.output_contrast is not None:  # on the whole image, after any tiling
+                fused = normalise_contrast(fused, model.output_contrast)
+            return fused[0, 0].cpu().numpy()
     finally:
         model.train(was_training)
 

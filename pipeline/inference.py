@@ -65,15 +65,19 @@ def _state_dict_from(checkpoint: Any, source: str) -> tuple[dict[str, torch.Tens
 def checkpoint_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict, metadata) of a checkpoint file, read with ``weights_only=True``.
 
-    The metadata holds ``vgg_weights`` and, for a converted official checkpoint, ``official``
-    (which VGG-19 layers the file set).
+    The metadata holds ``vgg_weights``, ``output_contrast`` (None where the file has none) and,
+    for a converted official checkpoint, ``official`` (which VGG-19 layers the file set).
     """
     try:
         checkpoint = load_weights_file(path)
     except WeightsFileError as exc:
         raise ModelLoadError(str(exc)) from exc
     state, vgg_weights = _state_dict_from(checkpoint, str(path))
-    meta = {"vgg_weights": vgg_weights, "official": checkpoint.get("official", {})}
+    meta = {
+        "vgg_weights": vgg_weights,
+        "official": checkpoint.get("official", {}),
+        "output_contrast": checkpoint.get("output_contrast"),
+    }
     return state, meta
 
 
@@ -88,7 +92,7 @@ def load_checkpoint_model(path: str | Path) -> CoCoNet:
         )
     state, meta = checkpoint_state(path)
     try:
-        return coconet_from_state(state, meta["vgg_weights"], str(path))
+        return coconet_from_state(state, meta["vgg_weights"], str(path), meta["output_contrast"])
     except StateDictError as exc:
         raise ModelLoadError(str(exc)) from exc
 

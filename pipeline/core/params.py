@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.core.errors import CoconetError
 from pipeline.core.placement import Device, Precision, parse_memory
@@ -51,6 +58,14 @@ class DownloadParams(_Section):
 
 class ModelParams(_Section):
     vgg_weights: str = "imagenet"
+    output_mean: float | None = Field(None, ge=0, le=1)
+    output_sd: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> ModelParams:
+        if (self.output_mean is None) != (self.output_sd is None):
+            raise ValueError("model.output_mean and model.output_sd go together (or both null)")
+        return self
 
 
 class MasksParams(_Section):
@@ -103,6 +118,8 @@ class TrainParams(_Section):
     ssim_padding: Literal["zeros", "reflect"] = "zeros"
     ssim_reduction: Literal["batch", "sample"] = "batch"
     gradient_padding: Literal["zeros", "replicate"] = "zeros"
+    detail_weight: float = Field(0.0, ge=0)
+    detail_gain: float = Field(1.0, gt=0)
 
 
 class EvaluateParams(_Section):

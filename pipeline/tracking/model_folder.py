@@ -71,7 +71,12 @@ def load_weights(folder: str | Path) -> CoCoNet:
     config = _read_config(folder / CONFIG_FILE)
     state = _read_weights(folder / WEIGHTS_FILE)
     try:
-        return coconet_from_state(state, config["vgg_weights"], str(folder / WEIGHTS_FILE))
+        return coconet_from_state(
+            state,
+            config["vgg_weights"],
+            str(folder / WEIGHTS_FILE),
+            config.get("output_contrast"),
+        )
     except StateDictError as exc:
         raise ModelFormatError(str(exc)) from exc
 

@@ -20,6 +20,7 @@ import torch
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
+from models.contrast import contrast_entry
 from pipeline.core.params import Params
 from pipeline.core.paths import ProjectPaths
 from pipeline.core.placement import Placement
@@ -201,6 +202,7 @@ class RunTracker:
         mlflow.log_artifact(str(loss_csv), names.TRAINING_ARTIFACTS)
         config = {
             "vgg_weights": self.params.model.vgg_weights,
+            "output_contrast": contrast_entry(model),
             "train_precision": str(self.placement.precision),
             "params_digest": params_digest,
             "run_id": self.run_id,

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from models.coconet import CoCoNet
+from models.contrast import contrast_entry, output_contrast
 from models.objective import TOTAL, FusionObjective
 from models.official import VGG19_CONVS
 from models.scaling import to_signed, to_unit
@@ -56,6 +57,8 @@ OBJECTIVE_PARAMS = (  # the train params the objective takes, by the same names
     "ssim_reduction",
     "gradient_padding",
     "contrastive_mode",
+    "detail_weight",
+    "detail_gain",
 )
 
 
@@ -130,6 +133,9 @@ class Trainer:
         device = self.placement.device
         self.memory_format = torch.channels_last
         self.model = CoCoNet(vgg_weights=params.model.vgg_weights)
+        self.model.output_contrast = output_contrast(
+            params.model.output_mean, params.model.output_sd
+        )
         if tp.init_from:
             load_initial_weights(self.model, tp.init_from)
         self.model = self.model.to(device, memory_format=self.memory_format)
@@ -329,6 +335,7 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
             trainer.model,
             {
                 "vgg_weights": params.model.vgg_weights,
+                "output_contrast": contrast_entry(trainer.model),
                 "precision": str(placement.precision),
                 "params": params.model_dump(mode="json", by_alias=True),
             },

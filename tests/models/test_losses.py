@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from models.losses import (
     AdaptiveFusionLoss,
     CoupledContrastiveLoss,
+    detail_loss,
     entropy,
     mean_gradient,
     ssim_per_sample,
@@ -225,6 +226,31 @@ def test_adaptive_loss_gradcheck(switches):
     assert torch.autograd.gradcheck(lambda f: loss(f, vis, ir), (fused,))
 
 
+# --- detail (texture) term ------------------------------------------------------------------
+
+
+def test_detail_loss_is_zero_when_the_fused_image_has_the_strongest_edges():
+    flat, edge = torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)
+    edge[..., 4:] = 1.0
+    assert detail_loss(edge, flat, edge).item() == 0  # the infrared's edge, kept at full strength
+    assert detail_loss(edge, edge, flat).item() == 0  # the visible's
+    assert detail_loss(flat, flat, edge).item() > 0  # an edge lost costs
+    # gain 2 asks for twice the edge: the source itself now falls short, twice the edge meets it
+    assert detail_loss(edge, flat, edge, gain=2.0).item() > 0
+    assert torch.allclose(detail_loss(2 * edge, flat, edge, gain=2.0), torch.zeros(1))
+
+
+def test_detail_loss_per_sample_and_gradcheck():
+    vis, ir = _images(3, 8, seed=30), _images(3, 8, seed=31)
+    fused = _images(3, 8, seed=32)
+    values = detail_loss(fused, vis, ir, gain=1.2)
+    assert values.shape == (3,)
+    assert torch.allclose(values[1:], detail_loss(fused[1:], vis[1:], ir[1:], gain=1.2))
+    vis64, ir64 = vis.double(), ir.double()
+    fused64 = fused.double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda f: detail_loss(f, vis64, ir64, 1.2).sum(), (fused64,))
+
+
 # --- coupled contrastive loss ---------------------------------------------------------------
 
 
@@ -254,6 +280,22 @@ def _reference(vgg, fused, vis, ir, mask, b, negatives):
             den = sum((anchor[k] - n[k]).abs().mean() for n in neg_taps)
             total = total + w * num / den
     return total
+
+
+def test_contrastive_per_sample_mode_with_a_mask_covering_a_whole_patch(vgg):
+    """Its background is empty, so its background ratio would be 0/0 (a NaN that stopped a cpu
+    run): that term is 0, its foreground term and every other sample are unchanged."""
+    loss = CoupledContrastiveLoss(vgg, mode="per_sample")
+    fused = _images(3, seed=40).requires_grad_()
+    vis, ir = _images(3, seed=41), _images(3, seed=42)
+    mask = _square_mask(3)
+    mask[1] = 1.0
+    values = loss(fused, vis, ir, mask, reduction="none")
+    assert torch.isfinite(values).all() and values[1] > 0
+    alone = loss(fused[1:2], vis[1:2], ir[1:2], mask[1:2], reduction="none")
+    assert torch.isfinite(alone).all()
+    values.sum().backward()
+    assert torch.isfinite(fused.grad).all()
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3])

@@ -41,6 +41,17 @@ def test_phase_one_and_a_zero_weight_have_no_contrastive_term(vgg):
     assert unweighted["contrastive"] == 0
 
 
+def test_the_detail_term_is_weighted_into_the_total_in_both_phases(vgg):
+    for phase in (1, 2):
+        plain = FusionObjective(vgg)(*batch(), phase=phase)
+        assert plain["detail"] == 0  # the paper's loss: no detail term
+        terms = FusionObjective(vgg, detail_weight=3.0, detail_gain=1.5)(*batch(), phase=phase)
+        assert terms["detail"] > 0
+        expected = terms["adaptive"] + terms["contrastive"] + 3.0 * terms["detail"]
+        assert torch.allclose(terms[TOTAL], expected)
+        assert torch.allclose(terms["adaptive"], plain["adaptive"])
+
+
 def test_the_contrastive_features_run_under_the_given_autocast(vgg, monkeypatch):
     seen = []
     taps = vgg.contrast_taps

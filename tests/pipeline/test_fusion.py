@@ -55,6 +55,24 @@ def test_a_tight_budget_tiles_within_one_grey_level(random_model):
     assert np.abs(tiled - whole).max() <= 1
 
 
+def test_an_output_contrast_sets_the_whole_images_statistics_even_in_tiles(
+    random_model, monkeypatch
+):
+    from models.contrast import OutputContrast
+
+    vis, ir = _pair(200, 296)
+    plain = fuse_arrays(random_model, vis, ir, WHOLE)
+    monkeypatch.setattr(random_model, "output_contrast", OutputContrast(0.42, 0.05))
+    whole = fuse_arrays(random_model, vis, ir, WHOLE)  # a spread that clips nothing here
+    assert whole.min() > 0 and whole.max() < 1
+    assert whole.mean() == pytest.approx(0.42, abs=1e-5)
+    assert whole.std() == pytest.approx(0.05, abs=1e-5)
+    assert np.corrcoef(whole.ravel(), plain.ravel())[0, 1] > 0.9999  # an affine map of it
+    tight = budget(estimate_bytes(200, 296, 64))  # tiles, normalised once on the whole image
+    tiled = to_uint8(fuse_arrays(random_model, vis, ir, tight)).astype(int)
+    assert np.abs(tiled - to_uint8(whole).astype(int)).max() <= 1
+
+
 def test_a_budget_too_small_even_for_tiles_says_how_much_is_needed(random_model):
     vis, ir = _pair(64, 64)
     with pytest.raises(TileBudgetError, match="needs at least .* MB"):

@@ -41,6 +41,8 @@ def test_committed_params_follow_the_paper(tmp_path):
     assert params.train.contrastive_mode == "batch" and params.train.mse_range == "network"
     assert params.train.ssim_padding == "zeros" and params.train.ssim_reduction == "batch"
     assert params.train.gradient_padding == "zeros"
+    assert params.train.detail_weight == 0  # the paper's loss has no detail term
+    assert params.model.output_mean is None and params.model.output_sd is None
 
 
 def test_invalid_value_names_the_file_and_key(tmp_path):
@@ -49,6 +51,15 @@ def test_invalid_value_names_the_file_and_key(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(raw))
     with pytest.raises(ParamsError, match=r"params.yaml: invalid params(.|\n)*batch_size"):
+        load_params(bad)
+
+
+def test_output_mean_and_sd_go_together(tmp_path):
+    raw = yaml.safe_load(PARAMS_FILE.read_text())
+    raw["model"]["output_mean"] = 0.4
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match="output_mean and model.output_sd go together"):
         load_params(bad)
 
 

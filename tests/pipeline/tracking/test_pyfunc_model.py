@@ -162,6 +162,25 @@ def test_model_folder_refusals(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_the_output_contrast_travels_in_the_model_config(tmp_path, random_model):
+    from models.contrast import OutputContrast
+
+    config = {"vgg_weights": "random", "output_contrast": {"mean": 0.4, "sd": 0.2}}
+    folder = pyfunc_model.write_model_data(random_model, tmp_path / "m", config)
+    assert pyfunc_model.load_weights(folder).output_contrast == OutputContrast(0.4, 0.2)
+    config["output_contrast"] = None  # and a model without one (every model before it) has none
+    assert (
+        pyfunc_model.load_weights(
+            pyfunc_model.write_model_data(random_model, tmp_path / "m", config)
+        ).output_contrast
+        is None
+    )
+    config["output_contrast"] = {"mean": 0.4, "sd": -1}
+    pyfunc_model.write_model_data(random_model, tmp_path / "m", config)
+    with pytest.raises(pyfunc_model.ModelFormatError, match="model.safetensors: output_contrast"):
+        pyfunc_model.load_weights(folder)
+
+
 def _png_b64(image: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(np.rint(image * 255).astype(np.uint8)).save(buffer, format="PNG")

@@ -45,7 +45,7 @@ def test_two_phase_training_writes_every_output(project, tiny_params):
 
     saved = torch.load(project.model, weights_only=True)
     assert set(saved) >= {"state_dict", "vgg_weights", "params"}
-    assert saved["vgg_weights"] == "random"
+    assert saved["vgg_weights"] == "random" and saved["output_contrast"] is None
     assert saved["params"]["train"]["batch_size"] == 4
 
     losses = pd.read_csv(project.loss_csv)
@@ -389,7 +389,8 @@ def test_fine_tuning_starts_from_a_converted_official_checkpoint(tmp_path, tiny_
     assert torch.equal(state["mam8.attention.gamma"], file_state["mam8.attention.gamma"])
     assert torch.equal(state["vgg.features.0.weight"], file_state["vgg.features.0.weight"])
     deep = "vgg.features.{}.weight".format(trainer.vgg_keys(["conv5_1"])[0].split(".")[2])
-    assert not torch.equal(state[deep], file_state[deep])  # not from the file: model.vgg_weights
+    assert deep not in file_state  # a lean file: conv4_1 .. come from model.vgg_weights
+    assert deep in state and torch.isfinite(state[deep]).all()
 
 
 def test_fine_tuning_from_a_lean_model_file_keeps_the_deep_vgg_of_the_params(tmp_path, tiny_params):
@@ -410,6 +411,20 @@ def test_fine_tuning_from_a_lean_model_file_keeps_the_deep_vgg_of_the_params(tmp
     deep = [key for key in state if is_contrast_only(key)]
     assert deep and not any(key in file_state for key in deep)
     assert not torch.equal(state[deep[0]], source.state_dict()[deep[0]])  # from the params
+
+
+def test_the_output_contrast_of_the_params_is_in_both_model_files(project, tiny_params):
+    from models.contrast import OutputContrast
+    from pipeline.inference import load_checkpoint_model, load_mlflow_model
+
+    params = tiny_params()
+    params.model.output_mean, params.model.output_sd = 0.4, 0.2
+    record = train.run(params, project)
+    saved = torch.load(project.model, weights_only=True)
+    assert saved["output_contrast"] == {"mean": 0.4, "sd": 0.2}
+    expected = OutputContrast(0.4, 0.2)
+    assert load_checkpoint_model(project.model).output_contrast == expected
+    assert load_mlflow_model(record["run_model_uri"]).output_contrast == expected
 
 
 class ObjectiveWithTotalVariation(FusionObjective):

@@ -1,0 +1,121 @@
+"""Score a fusion model on the validation pairs, never a test pair: how schedules are chosen.
+
+Two validation sets, both outside every test split (``data/raw/index.csv``):
+
+* ``roadscene:val``: RoadScene's ``val`` split (every 20th pair from the 6th; never trained on,
+  never tested): the model against the pixel average on the 12 metrics (how many it wins);
+* ``tno40:authors``: the authors' released fusions of the tno40 pairs outside the test split
+  (their scenes are trained on through ``tno_masked``, so this measures closeness to the
+  authors' outputs, not generalisation): the model's mean of each of the paper's metrics (EN,
+  SD, SF, AG, SCD, VIF) against the authors' on the same pairs.
+
+The model's output contrast (``model.output_mean``/``output_sd``, applied at inference) can be
+overridden to choose it without retraining::
+
+    uv run python scripts/validate.py artifacts/model.pt [--output-mean 0.42 --output-sd 0.25]
+        [--json validation.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models.contrast import OutputContrast
+from pipeline.core.imageio import read_image, to_grey, to_uint8
+from pipeline.core.params import PROJECT_ROOT
+from pipeline.core.placement import place
+from pipeline.evaluation.baselines import average
+from pipeline.fusion import fuse_arrays
+from pipeline.inference import load_checkpoint_model
+from pipeline.metrics import METRIC_DIRECTION, METRIC_NAMES, compute_metrics, mean_metrics
+
+PAPER_METRICS = ("EN", "SD", "SF", "AG", "SCD", "VIF")
+VAL_SET, AUTHORS_SET = "roadscene:val", "tno40:authors"
+
+
+def validation_pairs(root: Path) -> dict[str, pd.DataFrame]:
+    """The two validation sets (rows of the index; the authors' set with a ``published``
+    column), without a single test pair."""
+    index = pd.read_csv(root / "data/raw/index.csv", dtype=str, keep_default_na=False)
+    published = root / "data/raw/published.csv"
+    sets = {VAL_SET: index[index["split"] == "val"]}
+    if published.is_file():
+        fused = pd.read_csv(published, dtype=str, keep_default_na=False)
+        fused = fused[fused["published"] == "coconet_authors"][["pair_id", "fused"]]
+        rows = index[(index["split"] != "test") & (index["dataset"] == "tno40")]
+        sets[AUTHORS_SET] = rows.merge(fused.rename(columns={"fused": "published"}), on="pair_id")
+    return {name: rows.reset_index(drop=True) for name, rows in sets.items()}
+
+
+def wins(model: dict[str, float], baseline: dict[str, float]) -> list[str]:
+    """The metrics on which ``model`` beats ``baseline`` (Nabf: lower is better)."""
+    better = {"higher": np.greater, "lower": np.less}
+    return [m for m in METRIC_NAMES if better[METRIC_DIRECTION[m]](model[m], baseline[m])]
+
+
+def validate(
+    model_path: Path, root: Path, contrast: OutputContrast | None | bool = False
+) -> dict[str, dict]:
+    """Means per validation set and method (the model, the pixel average, the authors where
+    they exist), the model's wins over the average, and its deviation from the authors.
+    ``contrast``: False keeps the model's own output contrast; None or a value replaces it."""
+    model = load_checkpoint_model(model_path)
+    if contrast is not False:
+        model.output_contrast = contrast
+    placement = place("cpu", "auto")
+    result: dict[str, dict] = {}
+    for name, rows in validation_pairs(root).items():
+        scores: dict[str, list[dict[str, float]]] = {}
+        for row in rows.itertuples(index=False):
+            vis, ir = (to_grey(read_image(root / p)) for p in (row.vis, row.ir))
+            ir8, vis8 = to_uint8(ir), to_uint8(vis)
+            fused = {"model": fuse_arrays(model, vis, ir, placement), "average": average(vis, ir)}
+            if name == AUTHORS_SET:
+                fused["authors"] = to_grey(read_image(root / row.published))
+            for method, image in fused.items():
+                scores.setdefault(method, []).append(compute_metrics(ir8, vis8, to_uint8(image)))
+        means = {method: mean_metrics(rows_) for method, rows_ in scores.items()}
+        entry = {"pairs": len(rows), "means": means, "wins": wins(means["model"], means["average"])}
+        if "authors" in means:
+            entry["deviation"] = {
+                m: means["model"][m] / means["authors"][m] - 1 for m in PAPER_METRICS
+            }
+        result[name] = entry
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="a model file (artifacts/model.pt)")
+    parser.add_argument("--output-mean", type=float, help="override model.output_mean (0..1)")
+    parser.add_argument("--output-sd", type=float, help="override model.output_sd (0..1)")
+    parser.add_argument("--none", action="store_true", help="no output contrast at all")
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--root", type=Path, default=PROJECT_ROOT, help="the project folder")
+    args = parser.parse_args(argv)
+    if (args.output_mean is None) != (args.output_sd is None):
+        parser.error("--output-mean and --output-sd go together")
+    contrast: OutputContrast | None | bool = False
+    if args.none:
+        contrast = None
+    elif args.output_mean is not None:
+        contrast = OutputContrast(args.output_mean, args.output_sd)
+    result = validate(args.model, args.root, contrast)
+    for name, entry in result.items():
+        table = pd.DataFrame(entry["means"]).T[METRIC_NAMES]
+        print(f"== {name} ({entry['pairs']} pairs)\n{table.to_string(float_format='%.4g')}")
+        print(f"model beats the pixel average on {len(entry['wins'])} of 12: {entry['wins']}")
+        if "deviation" in entry:
+            dev = ", ".join(f"{m} {v:+.1%}" for m, v in entry["deviation"].items())
+            print(f"model vs the authors: {dev}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
