@@ -141,7 +141,11 @@ class CoCoNet(nn.Module):
         vis4, ir4 = vgg_quarter.chunk(2, dim=0)
         vis8, ir8 = vgg_eighth.chunk(2, dim=0)
 
-        e1 = self.enc1(x)
+        if self.training:
+            e1 = self.enc1(x)
+        else:  # full resolution in fp32 at inference, as the decoder tail (see ``decode``)
+            with without_autocast(x.device.type):
+                e1 = self.enc1(x.float())
         e2 = self.enc2(self.pool(e1))
         e4 = self.enc3(self.pool(e2))
         e8 = self.enc4(self.pool(e4))
@@ -181,9 +185,10 @@ class CoCoNet(nn.Module):
         tail = torch.cat([self.up1(d2), features.full], dim=1)
         if self.training:
             return torch.tanh(self.out(self.dec1(tail)))
-        # At inference the full-resolution tail (dec1, out, tanh) runs in fp32 even under bf16
-        # autocast: bf16 there alone puts single pixels 3 grey levels from fp32 (README
-        # "Fidelity"); training keeps autocast's choice.
+        # At inference the full-resolution layers (the encoder's enc1, whose features reach the
+        # tail through the skip, and the tail: dec1, out, tanh) run in fp32 even under bf16
+        # autocast: bf16 in either puts single pixels 3-4 grey levels from fp32, the more so once
+        # an output contrast stretches the image (README "Fidelity"); training keeps autocast's.
         with without_autocast(tail.device.type):
             return torch.tanh(self.out(self.dec1(tail.float())))
 

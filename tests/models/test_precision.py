@@ -33,24 +33,25 @@ def test_unknown_module_names_are_refused():
         keep_fp32(_small(), ["dec9"])
 
 
-def test_at_inference_the_full_resolution_tail_runs_in_fp32_under_bf16():
-    """The precision rule: dec1, out and tanh compute in fp32 in eval mode, under bf16 autocast
-    too (bf16 there put single pixels 3 grey levels from fp32); training keeps bf16."""
+def test_at_inference_the_full_resolution_layers_run_in_fp32_under_bf16():
+    """The precision rule: enc1, dec1, out and tanh compute in fp32 in eval mode, under bf16
+    autocast too (bf16 there put single pixels 3-4 grey levels from fp32); training keeps bf16."""
     from models.coconet import CoCoNet
 
     torch.manual_seed(0)
     model = CoCoNet(vgg_weights="random")
     seen: dict[str, torch.dtype] = {}
     model.dec1.register_forward_pre_hook(lambda m, args: seen.update(dec1=args[0].dtype))
+    model.enc1[0][0].register_forward_hook(lambda m, args, out: seen.update(enc1=out.dtype))
     vis, ir = torch.rand(1, 1, 32, 32) * 2 - 1, torch.rand(1, 1, 32, 32) * 2 - 1
     model.eval()
     with torch.inference_mode():
         fp32 = model(vis, ir)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16 = model(vis, ir)
-    assert bf16.dtype == torch.float32 and seen["dec1"] == torch.float32
+    assert bf16.dtype == torch.float32 and seen["dec1"] == seen["enc1"] == torch.float32
     assert (bf16 - fp32).abs().max() * 127.5 < 2  # on [-1, 1]: within 2 grey levels
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model(vis, ir).dtype == torch.bfloat16
-    assert seen["dec1"] == torch.bfloat16
+    assert seen["dec1"] == seen["enc1"] == torch.bfloat16
