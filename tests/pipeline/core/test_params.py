@@ -45,30 +45,21 @@ def test_committed_params_follow_the_paper(tmp_path):
     assert params.model.output_mean is None and params.model.output_sd is None
 
 
-def test_invalid_value_names_the_file_and_key(tmp_path):
+@pytest.mark.parametrize(
+    ("section", "key", "value", "match"),
+    [
+        ("train", "batch_size", 0, r"params.yaml: invalid params(.|\n)*batch_size"),
+        ("model", "output_mean", 0.4, "output_mean and model.output_sd go together"),
+        ("train", "learning_rate", 1.0, "learning_rate"),  # an unknown key
+    ],
+    ids=["invalid value", "output mean without sd", "unknown key"],
+)
+def test_bad_params_are_refused_naming_the_file_and_key(tmp_path, section, key, value, match):
     raw = yaml.safe_load(PARAMS_FILE.read_text())
-    raw["train"]["batch_size"] = 0
+    raw[section][key] = value
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ParamsError, match=r"params.yaml: invalid params(.|\n)*batch_size"):
-        load_params(bad)
-
-
-def test_output_mean_and_sd_go_together(tmp_path):
-    raw = yaml.safe_load(PARAMS_FILE.read_text())
-    raw["model"]["output_mean"] = 0.4
-    bad = tmp_path / "params.yaml"
-    bad.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ParamsError, match="output_mean and model.output_sd go together"):
-        load_params(bad)
-
-
-def test_unknown_key_is_rejected(tmp_path):
-    raw = yaml.safe_load(PARAMS_FILE.read_text())
-    raw["train"]["learning_rate"] = 1.0
-    bad = tmp_path / "params.yaml"
-    bad.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ParamsError, match="learning_rate"):
+    with pytest.raises(ParamsError, match=match):
         load_params(bad)
 
 
