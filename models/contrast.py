@@ -54,9 +54,12 @@ def contrast_entry(model: object) -> dict[str, float] | None:
 
 def normalise_contrast(fused: torch.Tensor, target: OutputContrast) -> torch.Tensor:
     """Each image of ``fused`` (B, 1, H, W; 0..1) shifted and scaled to ``target``'s mean and
-    standard deviation (over its pixels), clamped to 0..1; statistics in float64."""
-    x = fused.double()
-    mean = x.mean(dim=(-2, -1), keepdim=True)
-    sd = x.std(dim=(-2, -1), keepdim=True, correction=0)
+    standard deviation (over its pixels), clamped to 0..1. The statistics accumulate in float64;
+    the image stays in its dtype, so a large image needs about two extra copies of itself, not
+    float64 ones (the memory budget of tiled fusion counts the image at a few bytes per pixel)."""
+    dims = (-2, -1)
+    mean = fused.mean(dim=dims, keepdim=True, dtype=torch.float64)
+    out = fused - mean.to(fused.dtype)
+    sd = out.square().mean(dim=dims, keepdim=True, dtype=torch.float64).sqrt()
     scale = torch.where(sd > _MIN_SPREAD, target.sd / sd.clamp_min(_MIN_SPREAD), 0.0)
-    return ((x - mean) * scale + target.mean).clamp(0, 1).to(fused.dtype)
+    return out.mul_(scale.to(fused.dtype)).add_(target.mean).clamp_(0, 1)
