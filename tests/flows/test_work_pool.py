@@ -98,7 +98,15 @@ def _trigger():
 
 
 def _picked_by(logs: Path, flow_run_id) -> list[str]:
-    return [p.stem for p in logs.glob("*.log") if str(flow_run_id) in p.read_text()]
+    """The workers that ran the flow run. Two workers polling at once may both try to submit
+    it; the server lets one through and aborts the other ("Aborted submission of flow run
+    '<id>'", the other worker's log), so that worker did not run it."""
+    aborted = f"Aborted submission of flow run '{flow_run_id}'"
+    return [
+        p.stem
+        for p in logs.glob("*.log")
+        if str(flow_run_id) in (text := p.read_text()) and aborted not in text
+    ]
 
 
 def test_workers_run_retrains_one_at_a_time_and_survive_a_killed_worker(
