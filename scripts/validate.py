@@ -22,7 +22,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from models.contrast import OutputContrast
@@ -32,7 +31,7 @@ from pipeline.core.placement import place
 from pipeline.evaluation.baselines import average
 from pipeline.fusion import fuse_arrays
 from pipeline.inference import load_checkpoint_model
-from pipeline.metrics import METRIC_DIRECTION, METRIC_NAMES, compute_metrics, mean_metrics
+from pipeline.metrics import METRIC_NAMES, beats, compute_metrics, mean_metrics
 
 PAPER_METRICS = ("EN", "SD", "SF", "AG", "SCD", "VIF")
 VAL_SET, AUTHORS_SET = "roadscene:val", "tno40:authors"
@@ -54,8 +53,7 @@ def validation_pairs(root: Path) -> dict[str, pd.DataFrame]:
 
 def wins(model: dict[str, float], baseline: dict[str, float]) -> list[str]:
     """The metrics on which ``model`` beats ``baseline`` (Nabf: lower is better)."""
-    better = {"higher": np.greater, "lower": np.less}
-    return [m for m in METRIC_NAMES if better[METRIC_DIRECTION[m]](model[m], baseline[m])]
+    return [m for m in METRIC_NAMES if beats(m, model[m], baseline[m])]
 
 
 def validate(

@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.core.errors import InputError
 from pipeline.core.params import Params
-from pipeline.metrics import METRIC_DIRECTION
+from pipeline.metrics import METRIC_DIRECTION, beats
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 FINGERPRINT_TAG = "eval.evaluation_fingerprint"
@@ -115,7 +115,7 @@ def decide(
     wins, details = 0, []
     for m in rule.promote_metrics:
         new, old = new_means[m], old_means[m]
-        better = new > old if METRIC_DIRECTION[m] == "higher" else new < old
+        better = beats(m, new, old)
         wins += better
         sign = ">" if new > old else "<" if new < old else "="
         details.append(f"{m} {new:.6g} {sign} {old:.6g}{'' if better else ' (no win)'}")

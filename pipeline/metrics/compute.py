@@ -32,6 +32,13 @@ METRIC_NAMES: list[str] = [
     "EN", "SD", "SF", "AG", "MI", "SCD", "CC", "VIF", "Qabf", "Nabf", "SSIM", "PSNR",
 ]  # fmt: skip
 METRIC_DIRECTION: dict[str, str] = {name: "higher" for name in METRIC_NAMES} | {"Nabf": "lower"}
+
+
+def beats(metric: str, new: float, old: float) -> bool:
+    """Whether ``new`` is strictly better than ``old`` on ``metric`` (:data:`METRIC_DIRECTION`)."""
+    return new > old if METRIC_DIRECTION[metric] == "higher" else new < old
+
+
 MIN_SIDE = VIF_MIN_SIDE
 
 __all__ = [
@@ -41,6 +48,7 @@ __all__ = [
     "METRIC_DIRECTION",
     "METRIC_NAMES",
     "average_gradient",
+    "beats",
     "compute_metrics",
     "correlation_coefficient",
     "entropy",
