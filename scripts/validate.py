@@ -27,6 +27,7 @@ import pandas as pd
 from models.contrast import OutputContrast
 from pipeline.core.imageio import read_image, to_grey, to_uint8
 from pipeline.core.params import PROJECT_ROOT
+from pipeline.core.paths import ProjectPaths
 from pipeline.core.placement import place
 from pipeline.evaluation.baselines import average
 from pipeline.fusion import fuse_arrays
@@ -40,8 +41,9 @@ VAL_SET, AUTHORS_SET = "roadscene:val", "tno40:authors"
 def validation_pairs(root: Path) -> dict[str, pd.DataFrame]:
     """The two validation sets (rows of the index; the authors' set with a ``published``
     column), without a single test pair."""
-    index = pd.read_csv(root / "data/raw/index.csv", dtype=str, keep_default_na=False)
-    published = root / "data/raw/published.csv"
+    paths = ProjectPaths(root)
+    index = pd.read_csv(paths.index, dtype=str, keep_default_na=False)
+    published = paths.published_index
     sets = {VAL_SET: index[index["split"] == "val"]}
     if published.is_file():
         fused = pd.read_csv(published, dtype=str, keep_default_na=False)
