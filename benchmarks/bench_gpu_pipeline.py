@@ -14,7 +14,6 @@ the schedule's steps ran).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from pipeline.core.placement import Placement, Precision
 from pipeline.evaluation.baselines import BASELINES
 from pipeline.evaluation.report import rank_methods, ranking_table
 from pipeline.fusion import fuse_arrays
-from pipeline.metrics import METRIC_DIRECTION, compute_metrics, mean_metrics
+from pipeline.metrics import METRIC_DIRECTION, beats, compute_metrics, mean_metrics
 from pipeline.stages import download, masks, patches
 from pipeline.training.distributed import setup
 from pipeline.training.trainer import (
@@ -146,11 +145,7 @@ def main() -> None:
     means = timed("evaluate", times, evaluate, model, paths, report["precision"], report["device"])
     print(ranking_table(means, METRIC_DIRECTION))
     ranks = rank_methods(means, METRIC_DIRECTION)
-    wins = sum(
-        (means["CoCoNet"][m] > means["average"][m]) == (how == "higher")
-        for m, how in METRIC_DIRECTION.items()
-        if not (math.isnan(means["CoCoNet"][m]) or math.isnan(means["average"][m]))
-    )
+    wins = sum(beats(m, means["CoCoNet"][m], means["average"][m]) for m in METRIC_DIRECTION)
     print(f"mean ranks {ranks}; CoCoNet beats the pixel average on {wins} of 12 metrics")
     print("stage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
 
