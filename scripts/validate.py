@@ -1,19 +1,22 @@
 """Score a fusion model on the validation pairs, never a test pair: how schedules are chosen.
 
-Two validation sets, both outside every test split (``data/raw/index.csv``):
+Validation sets, all outside every test split (``data/raw/index.csv``):
 
 * ``roadscene:val``: RoadScene's ``val`` split (every 20th pair from the 6th; never trained on,
   never tested): the model against the pixel average on the 12 metrics (how many it wins);
 * ``tno40:authors``: the authors' released fusions of the tno40 pairs outside the test split
   (their scenes are trained on through ``tno_masked``, so this measures closeness to the
   authors' outputs, not generalisation): the model's mean of each of the paper's metrics (EN,
-  SD, SF, AG, SCD, VIF) against the authors' on the same pairs.
+  SD, SF, AG, SCD, VIF) against the authors' on the same pairs;
+* ``--extra NAME``: a catalogue dataset of validation pairs only, outside ``download.datasets``
+  (``m3fd_val``: 30 M3FD pairs, none of them an m3fd test pair), fetched into the download cache
+  and checked by sha256 (through ``COCONET_MIRROR`` or ``--mirror``): wins over the average.
 
 The model's output contrast (``model.output_mean``/``output_sd``, applied at inference) can be
 overridden to choose it without retraining::
 
     uv run python scripts/validate.py artifacts/model.pt [--output-mean 0.42 --output-sd 0.25]
-        [--json validation.json]
+        [--extra m3fd_val] [--json validation.json]
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from pathlib import Path
 import pandas as pd
 
 from models.contrast import OutputContrast
+from pipeline.catalogue import load_dataset
+from pipeline.catalogue.fetch import Request, cache_dir, fetch_all, resolve_mirror
 from pipeline.core.imageio import read_image, to_grey, to_uint8
 from pipeline.core.params import PROJECT_ROOT
 from pipeline.core.paths import ProjectPaths
@@ -53,23 +58,53 @@ def validation_pairs(root: Path) -> dict[str, pd.DataFrame]:
     return {name: rows.reset_index(drop=True) for name, rows in sets.items()}
 
 
+def extra_pairs(name: str, root: Path, mirror: str | None = None) -> pd.DataFrame:
+    """Rows (``pair_id``, absolute ``vis`` and ``ir``) of catalogue dataset ``name``, fetched
+    into the download cache; every pair must be a ``val`` pair and share no file with a test
+    pair of ``root``'s index (SystemExit naming them otherwise)."""
+    dataset = load_dataset(name)
+    pairs = dataset.pairs()
+    not_val = [pair for pair in pairs if dataset.split_of(pair) != "val"]
+    if not_val:
+        raise SystemExit(f"{name}: pairs {not_val[:5]} are not validation pairs (split val)")
+    index = pd.read_csv(ProjectPaths(root).index, dtype=str, keep_default_na=False)
+    test = index[index["split"] == "test"]
+    tested = {h for col in ("ir_sha256", "vis_sha256") if col in test for h in test[col]}
+    shared = sorted(f.url for f in dataset.files if f.sha256 in tested)
+    if shared:
+        raise SystemExit(f"{name}: files that are also test pairs' files: {shared[:3]}")
+    requests = [Request(f.key, f.url, f"sha256:{f.sha256}") for f in dataset.files]
+    cached = fetch_all(requests, cache_dir(), mirror, desc=name)
+    rows = [
+        {"pair_id": f"{name}/{pair}", **{r: cached[f[r].key].resolve() for r in ("vis", "ir")}}
+        for pair, f in pairs.items()
+    ]
+    return pd.DataFrame(rows, columns=["pair_id", "vis", "ir"])
+
+
 def wins(model: dict[str, float], baseline: dict[str, float]) -> list[str]:
     """The metrics on which ``model`` beats ``baseline`` (Nabf: lower is better)."""
     return [m for m in METRIC_NAMES if beats(m, model[m], baseline[m])]
 
 
 def validate(
-    model_path: Path, root: Path, contrast: OutputContrast | None | bool = False
+    model_path: Path,
+    root: Path,
+    contrast: OutputContrast | None | bool = False,
+    extra: tuple[str, ...] = (),
+    mirror: str | None = None,
 ) -> dict[str, dict]:
     """Means per validation set and method (the model, the pixel average, the authors where
     they exist), the model's wins over the average, and its deviation from the authors.
-    ``contrast``: False keeps the model's own output contrast; None or a value replaces it."""
+    ``contrast``: False keeps the model's own output contrast; None or a value replaces it.
+    ``extra``: catalogue datasets of validation pairs (:func:`extra_pairs`) to score too."""
+    sets = validation_pairs(root) | {name: extra_pairs(name, root, mirror) for name in extra}
     model = load_checkpoint_model(model_path)
     if contrast is not False:
         model.output_contrast = contrast
     placement = place("cpu", "auto")
     result: dict[str, dict] = {}
-    for name, rows in validation_pairs(root).items():
+    for name, rows in sets.items():
         scores: dict[str, list[dict[str, float]]] = {}
         for row in rows.itertuples(index=False):
             vis, ir = (to_grey(read_image(root / p)) for p in (row.vis, row.ir))
@@ -95,6 +130,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-mean", type=float, help="override model.output_mean (0..1)")
     parser.add_argument("--output-sd", type=float, help="override model.output_sd (0..1)")
     parser.add_argument("--none", action="store_true", help="no output contrast at all")
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also score this catalogue dataset of validation pairs (e.g. m3fd_val)",
+    )
+    parser.add_argument("--mirror", help="read --extra files from this mirror (COCONET_MIRROR)")
     parser.add_argument("--json", type=Path, help="also write the result here")
     parser.add_argument("--root", type=Path, default=PROJECT_ROOT, help="the project folder")
     args = parser.parse_args(argv)
@@ -105,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
         contrast = None
     elif args.output_mean is not None:
         contrast = OutputContrast(args.output_mean, args.output_sd)
-    result = validate(args.model, args.root, contrast)
+    mirror = args.mirror or resolve_mirror()
+    result = validate(args.model, args.root, contrast, tuple(args.extra), mirror)
     for name, entry in result.items():
         table = pd.DataFrame(entry["means"]).T[METRIC_NAMES]
         print(f"== {name} ({entry['pairs']} pairs)\n{table.to_string(float_format='%.4g')}")

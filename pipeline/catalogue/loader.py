@@ -204,8 +204,8 @@ def load_dataset(name: str) -> Dataset:
     """Load one catalogue entry; every pair must have infrared and visible files."""
     entry = catalogue_entry(DATASETS_DIR, name, "dataset", available_datasets())
     meta = _read_yaml(entry)
-    if meta.get("split") not in ("train", "test"):
-        raise CatalogueError(f"{entry}: split must be train or test")
+    if meta.get("split") not in ("train", "val", "test"):
+        raise CatalogueError(f"{entry}: split must be train, val or test")
     files = read_files_tsv(entry.parent / meta["files"])
     names = sorted({f.pair for f in files}, key=natural_key)
     excluded, reasons = _excluded_pairs(meta.get("exclude") or [], names, entry)

@@ -1,16 +1,29 @@
-"""scripts/validate.py: the validation sets hold no test pair; scores, wins and deviations."""
+"""scripts/validate.py: the validation sets hold no test pair; scores, wins and deviations;
+extra validation datasets from the catalogue (m3fd_val)."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 
 import numpy as np
 import pytest
 
+import scripts.validate as validate_script
 from models.contrast import OutputContrast
+from pipeline.catalogue import load_dataset
+from pipeline.catalogue.loader import CatalogueFile, Dataset, url_key
 from pipeline.core.imageio import write_image
+from pipeline.core.params import load_params
 from pipeline.metrics import METRIC_NAMES
-from scripts.validate import AUTHORS_SET, PAPER_METRICS, VAL_SET, validate, validation_pairs
+from scripts.validate import (
+    AUTHORS_SET,
+    PAPER_METRICS,
+    VAL_SET,
+    extra_pairs,
+    validate,
+    validation_pairs,
+)
 
 PAIRS = [  # pair_id, dataset, split
     ("tno40/1", "tno40", "unused"),
@@ -64,3 +77,61 @@ def test_scores_wins_and_the_deviation_from_the_authors(project, model_checkpoin
     sd = authors["means"]["model"]["SD"]
     assert sd == pytest.approx(0.25 * 255, rel=0.05)  # the override's spread (some clipping)
     assert authors["deviation"]["SD"] == pytest.approx(sd / authors["means"]["authors"]["SD"] - 1)
+
+
+def _val_dataset(tmp_path, split="val"):
+    """A two-pair catalogue dataset whose files sit in a folder mirror (HOST/PATH)."""
+    rng = np.random.default_rng(1)
+    files = []
+    for pair in ("p1", "p2"):
+        for role in ("ir", "vis"):
+            url = f"https://example.org/m3fd/{role}/{pair}.png"
+            path = tmp_path / "mirror" / url_key(url)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_image(path, rng.uniform(0, 1, (48, 56)).astype(np.float32))
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            files.append(CatalogueFile(pair, role, url, digest, path.stat().st_size))
+    return Dataset("fake_val", "", "", "", split, tuple(files))
+
+
+def test_an_extra_validation_set_is_fetched_checked_and_scored(
+    project, tmp_path, monkeypatch, model_checkpoint
+):
+    dataset = _val_dataset(tmp_path)
+    monkeypatch.setattr(validate_script, "load_dataset", lambda name: dataset)
+    monkeypatch.setenv("COCONET_CACHE", str(tmp_path / "cache"))
+    result = validate(
+        model_checkpoint, project, extra=("fake_val",), mirror=str(tmp_path / "mirror")
+    )
+    assert result["fake_val"]["pairs"] == 2
+    assert set(result["fake_val"]["means"]) == {"model", "average"}
+    assert (tmp_path / "cache" / "example.org/m3fd/ir/p1.png").is_file()  # verified, kept
+
+
+def test_an_extra_set_with_test_pairs_or_test_files_is_refused(project, tmp_path, monkeypatch):
+    mirror = str(tmp_path / "mirror")
+    monkeypatch.setattr(
+        validate_script, "load_dataset", lambda name: _val_dataset(tmp_path, "test")
+    )
+    with pytest.raises(SystemExit, match="not validation pairs"):
+        extra_pairs("fake_val", project, mirror)
+    dataset = _val_dataset(tmp_path)
+    monkeypatch.setattr(validate_script, "load_dataset", lambda name: dataset)
+    index = project / "data/raw/index.csv"
+    rows = list(csv.DictReader(index.open()))
+    for row in rows:
+        row["ir_sha256"] = dataset.files[0].sha256 if row["split"] == "test" else ""
+    with index.open("w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(SystemExit, match="also test pairs' files"):
+        extra_pairs("fake_val", project, mirror)
+
+
+def test_m3fd_val_is_all_validation_and_shares_nothing_with_the_m3fd_test_pairs():
+    val, test = load_dataset("m3fd_val"), load_dataset("m3fd")
+    assert len(val.pairs()) == 30 and {val.split_of(p) for p in val.pairs()} == {"val"}
+    assert not set(val.pairs()) & set(test.pairs())
+    assert not {f.sha256 for f in val.files} & {f.sha256 for f in test.files}
+    assert "m3fd_val" not in load_params().download.datasets  # never downloaded by the pipeline
