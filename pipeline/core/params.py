@@ -120,6 +120,9 @@ class TrainParams(_Section):
     gradient_padding: Literal["zeros", "replicate"] = "zeros"
     detail_weight: float = Field(0.0, ge=0)
     detail_gain: float = Field(1.0, gt=0)
+    # exponential moving average of the weights over the steps of both phases (the model file
+    # and the registered model hold it); None: the last step's weights, as the paper
+    ema_decay: float | None = Field(None, gt=0, lt=1)
 
 
 class EvaluateParams(_Section):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -143,6 +144,14 @@ class Trainer:
         self.terms = self.objective.names
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(trainable, lr=tp.lr)
+        # train.ema_decay: an EMA of the weights (BatchNorm statistics too), updated every step
+        self.average = (
+            AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(tp.ema_decay), use_buffers=True
+            )
+            if tp.ema_decay is not None
+            else None
+        )
         self.net = (
             DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
@@ -171,12 +180,22 @@ class Trainer:
         cap = self.params.train.max_steps_per_epoch
         return min(len(self.loader), cap) if cap else len(self.loader)
 
+    @property
+    def fusion_model(self) -> CoCoNet:
+        """The model training gives: the weight average when ``train.ema_decay`` is set."""
+        return self.average.module if self.average is not None else self.model
+
     def state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.average is not None:
+            state["average"] = self.average.state_dict()
+        return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
 
     def step(self, batch: torch.Tensor, phase: int) -> torch.Tensor:
         """One optimisation step; returns one tensor (so one all-reduce syncs it): the
@@ -195,6 +214,8 @@ class Trainer:
         terms[TOTAL].backward()
         grad_norm = self.grad_norm()
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update_parameters(self.model)
         return torch.stack([*(terms[name] for name in self.terms), grad_norm]).detach()
 
     def grad_norm(self) -> torch.Tensor:
@@ -330,19 +351,20 @@ def _train(params: Params, paths: ProjectPaths, runtime: distributed.Runtime) ->
         if not tracker:
             return None
         write_loss_csv(paths.loss_csv, history, terms)
+        model = trainer.fusion_model
         write_model_file(
             paths.model,
-            trainer.model,
+            model,
             {
                 "vgg_weights": params.model.vgg_weights,
-                "output_contrast": contrast_entry(trainer.model),
+                "output_contrast": contrast_entry(model),
                 "precision": str(placement.precision),
                 "params": params.model_dump(mode="json", by_alias=True),
             },
         )
         if tracker.lost is None:
             try:
-                return tracker.finish(trainer.model, paths.loss_csv, params_digest(params))
+                return tracker.finish(model, paths.loss_csv, params_digest(params))
             except TRACKING_ERRORS as exc:  # the store went away while the model was logged
                 tracker.lose(step, exc)
                 mark_tracking_lost(paths.checkpoints, tracker.lost)

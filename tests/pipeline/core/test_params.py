@@ -42,6 +42,7 @@ def test_committed_params_follow_the_paper(tmp_path):
     assert params.train.ssim_padding == "zeros" and params.train.ssim_reduction == "batch"
     assert params.train.gradient_padding == "zeros"
     assert params.train.detail_weight == 0  # the paper's loss has no detail term
+    assert params.train.ema_decay is None  # the model is the last step's weights
     assert params.model.output_mean is None and params.model.output_sd is None
 
 

@@ -90,10 +90,11 @@ def test_two_phase_training_writes_every_output(project, tiny_params):
     assert any(is_contrast_only(key) for key in resumable["model"])
 
 
+@pytest.mark.parametrize("ema_decay", [None, 0.5], ids=["last-weights", "weight-average"])
 def test_resume_after_crash_matches_uninterrupted_run(
-    project, tiny_params, tmp_path_factory, monkeypatch
+    project, tiny_params, tmp_path_factory, monkeypatch, ema_decay
 ):
-    params = tiny_params()
+    params = tiny_params(ema_decay=ema_decay)
     train.run(params, project)
     straight = model_state(project)
     straight_losses = pd.read_csv(project.loss_csv)
@@ -133,6 +134,28 @@ def test_resume_after_crash_matches_uninterrupted_run(
     for key, value in final["optimizer"]["state"].items():
         for name in ("exp_avg", "exp_avg_sq"):
             assert torch.equal(value[name], ref["optimizer"]["state"][key][name])
+
+
+def test_the_model_is_the_weight_average_when_ema_decay_is_set(project, tiny_params, monkeypatch):
+    steps: list[torch.Tensor] = []
+    real_step = trainer.Trainer.step
+
+    def step_and_keep(self, batch, phase):
+        values = real_step(self, batch, phase)
+        steps.append(self.model.out.weight.detach().clone())
+        return values
+
+    monkeypatch.setattr(trainer.Trainer, "step", step_and_keep)
+    train.run(tiny_params(ema_decay=0.5), project)
+    average = steps[0]
+    for weights in steps[1:]:  # w_avg <- 0.5 w_avg + 0.5 w, from the first step's weights
+        average = 0.5 * average + 0.5 * weights
+    saved = model_state(project)["out.weight"]
+    assert len(steps) == 4 and not torch.equal(saved, steps[-1])
+    torch.testing.assert_close(saved, average)
+    last = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(project.checkpoints))
+    assert torch.equal(last["model"]["out.weight"], steps[-1])  # resuming needs the raw weights
+    assert torch.equal(last["average"]["module.out.weight"], saved)
 
 
 def test_checkpoint_of_other_params_or_data_is_not_resumed(project, tiny_params, capsys):
