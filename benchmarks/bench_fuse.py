@@ -10,6 +10,9 @@ Times, as a user waits for them, one 640x480 pair in bf16 (or ``--precision``):
 
 Targets (issue 17): one pair from a file within 3 s and from the registry within 4 s; each
 further pair within 1.3x the network time; a served request within 1.3x the network time.
+The issue's host ran the network in 0.64 s; a slower host's network eats into the 3 s, so the
+benchmark also prints what each call adds to the network against the same budget (target minus
+0.64 s), which does not depend on how fast the host computes.
 Each figure is the median of ``--runs`` runs; the rounds interleave the commands, so load from
 other processes falls on all of them alike. The load average is printed: on a shared machine the
 absolute figures move with it, the ratios to the network time much less, and the commands' CPU
@@ -46,6 +49,10 @@ WIDTH, HEIGHT, PAIRS = 640, 480, 8
 TNO = "raw.githubusercontent.com/Zhaozixiang1228/IVIF-DIDFuse/5f287300dce7cbc90b9e08e6872455af6baa279f/Datasets/Test_data_TNO"  # noqa: E501
 TARGETS = {"file": 3.0, "registry": 4.0}  # seconds, one pair
 PAIR_RATIO = SERVE_RATIO = 1.3  # x the network time
+# The network time on the host issue 17 measured (bf16, 640x480): its targets leave the wall time
+# minus this for everything around the network, a reading that does not move with the host's
+# compute speed as the absolute targets do.
+ISSUE_NETWORK = 0.64  # seconds
 
 SETUP = """
 import json, sys, torch, mlflow
@@ -187,10 +194,15 @@ def _served(source: Path, store: Path, vis: Path, ir: Path, runs: int, log: Path
 
 
 def _row(
-    label: str, seconds: float, ratio: float, target: str = "", cpu: list[float] | None = None
+    label: str,
+    seconds: float,
+    ratio: float | None,
+    target: str = "",
+    cpu: list[float] | None = None,
 ) -> None:
     spent = f"{statistics.median(cpu):>7.2f}" if cpu else " " * 7
-    print(f"{label:<48} {seconds:>9.3f} {ratio:>10.2f} {spent}  {target}")
+    times = f"{ratio:>10.2f}" if ratio is not None else " " * 10
+    print(f"{label:<48} {seconds:>9.3f} {times} {spent}  {target}")
 
 
 def _verdict(ok: bool) -> str:
@@ -275,6 +287,12 @@ def main() -> None:
         target = TARGETS[name]
         verdict = f"<= {target:.1f} s: {_verdict(median[name] <= target)}"
         _row(f"fuse one pair, {label}", median[name], ratio[name], verdict, cpu[name])
+    for name in ("file", "registry"):
+        added = [w - n for w, n in zip(walls[name], network, strict=True)]
+        budget = TARGETS[name] - ISSUE_NETWORK
+        verdict = f"<= {budget:.2f} s: {_verdict(statistics.median(added) <= budget)}"
+        _row(f"  what the {name} call adds to the network", statistics.median(added), None,
+             f"{verdict} (target - the issue host's {ISSUE_NETWORK} s network)")  # fmt: skip
     _row(f"fuse {PAIRS} pairs in one call", median["folder"], ratio["folder"], "", cpu["folder"])
     verdict = f"<= {PAIR_RATIO}x network: {_verdict(ratio['further'] <= PAIR_RATIO)}"
     further_cpu = [
