@@ -183,6 +183,7 @@ LAZY_IMPORTS = {  # module -> why it imports inside functions (measured, needed;
     "pipeline/core/decoding.py": "tifffile (0.2 s) only for TIFF inputs, not on fuse's PNG path",
     "pipeline/core/imageio.py": "tifffile (0.2 s) only for TIFF outputs, not on fuse's PNG path",
     "models/vgg.py": "torchvision (about 2 s: torch._dynamo, sympy) only for ImageNet weights",
+    "pipeline/fusion_plan.py": "cv2 (0.08 s) only to resize an infrared image (--resize)",
 }
 MLFLOW_DOOR = "pipeline/tracking"
 CUDA_PROBE = "torch.cuda.is_available"
