@@ -30,6 +30,7 @@ import pandas as pd
 from models.contrast import OutputContrast
 from pipeline.catalogue import load_dataset
 from pipeline.catalogue.fetch import Request, cache_dir, fetch_all, resolve_mirror
+from pipeline.core.errors import EXPECTED_ERRORS
 from pipeline.core.imageio import read_image, to_grey, to_uint8
 from pipeline.core.params import PROJECT_ROOT
 from pipeline.core.paths import ProjectPaths
@@ -149,7 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.output_mean is not None:
         contrast = OutputContrast(args.output_mean, args.output_sd)
     mirror = args.mirror or resolve_mirror()
-    result = validate(args.model, args.root, contrast, tuple(args.extra), mirror)
+    try:
+        result = validate(args.model, args.root, contrast, tuple(args.extra), mirror)
+    except EXPECTED_ERRORS as exc:  # a file missing from the mirror, a bad model file ...
+        raise SystemExit(f"error: {exc}") from exc
     for name, entry in result.items():
         table = pd.DataFrame(entry["means"]).T[METRIC_NAMES]
         print(f"== {name} ({entry['pairs']} pairs)\n{table.to_string(float_format='%.4g')}")

@@ -135,3 +135,15 @@ def test_m3fd_val_is_all_validation_and_shares_nothing_with_the_m3fd_test_pairs(
     assert not set(val.pairs()) & set(test.pairs())
     assert not {f.sha256 for f in val.files} & {f.sha256 for f in test.files}
     assert "m3fd_val" not in load_params().download.datasets  # never downloaded by the pipeline
+
+
+def test_a_file_missing_from_the_mirror_is_one_clear_error(project, tmp_path, monkeypatch):
+    dataset = _val_dataset(tmp_path)
+    monkeypatch.setattr(validate_script, "load_dataset", lambda name: dataset)
+    monkeypatch.setenv("COCONET_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "mirror" / dataset.files[0].key).unlink()
+    argv = ["model.pt", "--root", str(project), "--extra", "fake_val"]
+    with pytest.raises(
+        SystemExit, match=r"^error: cannot fetch https://example.org/m3fd/ir/p1.png"
+    ):
+        validate_script.main([*argv, "--mirror", str(tmp_path / "mirror")])
