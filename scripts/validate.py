@@ -29,7 +29,8 @@ import pandas as pd
 
 from models.contrast import OutputContrast
 from pipeline.catalogue import load_dataset
-from pipeline.catalogue.fetch import Request, cache_dir, fetch_all, resolve_mirror
+from pipeline.catalogue.fetch import cache_dir, fetch_all, resolve_mirror
+from pipeline.catalogue.mirror import file_requests
 from pipeline.core.errors import EXPECTED_ERRORS
 from pipeline.core.imageio import read_image, to_grey, to_uint8
 from pipeline.core.params import PROJECT_ROOT
@@ -74,8 +75,7 @@ def extra_pairs(name: str, root: Path, mirror: str | None = None) -> pd.DataFram
     shared = sorted(f.url for f in dataset.files if f.sha256 in tested)
     if shared:
         raise SystemExit(f"{name}: files that are also test pairs' files: {shared[:3]}")
-    requests = [Request(f.key, f.url, f"sha256:{f.sha256}") for f in dataset.files]
-    cached = fetch_all(requests, cache_dir(), mirror, desc=name)
+    cached = fetch_all(file_requests(dataset.files), cache_dir(), mirror, desc=name)
     rows = [
         {"pair_id": f"{name}/{pair}", **{r: cached[f[r].key].resolve() for r in ("vis", "ir")}}
         for pair, f in pairs.items()

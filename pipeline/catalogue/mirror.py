@@ -18,6 +18,7 @@ from pathlib import Path
 from pipeline.catalogue.fetch import Request, fetch_all
 from pipeline.catalogue.loader import (
     CatalogueError,
+    CatalogueFile,
     available_datasets,
     load_dataset,
     load_weights,
@@ -31,16 +32,21 @@ MANIFEST = "MANIFEST.tsv"
 WEIGHT_FAMILIES = ("vgg19", "sam", "coconet")
 
 
+def file_requests(files: Iterable[CatalogueFile]) -> list[Request]:
+    """One sha256-checked request per distinct URL of ``files``."""
+    requests = {f.url: Request(url_key(f.url), f.url, f"sha256:{f.sha256}") for f in files}
+    return list(requests.values())
+
+
 def dataset_requests(names: Iterable[str]) -> list[Request]:
     """The files of the named datasets (local, ingested datasets have no public URL)."""
-    requests: dict[str, Request] = {}
+    files: list[CatalogueFile] = []
     for name in names:
         dataset = load_dataset(name)
         if dataset.local:
             raise CatalogueError(f"dataset {name!r} is local (ingested pairs): nothing to mirror")
-        for f in dataset.files:
-            requests[f.url] = Request(url_key(f.url), f.url, f"sha256:{f.sha256}")
-    return list(requests.values())
+        files.extend(dataset.files)
+    return file_requests(files)
 
 
 def published_requests(names: Iterable[str]) -> list[Request]:
