@@ -114,6 +114,22 @@ def test_channel_attention_matches_its_definition():
     torch.testing.assert_close(module(x), _reference_ca(module, x))
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_channel_attention_inference_path_equals_its_definition(layout):
+    """Without gradients the product and the sum are one fused call, in the input's layout:
+    the same values as the definition, and a channels-last map stays channels-last."""
+    torch.manual_seed(6)
+    module = ChannelAttention(6).double()
+    module.gamma.data.fill_(0.8)
+    x = torch.randn(3, 6, 5, 7, dtype=torch.float64).contiguous(memory_format=layout)
+    module = module.to(memory_format=layout)
+    expected = _reference_ca(module, x)
+    with torch.inference_mode():
+        got = module(x)
+    torch.testing.assert_close(got, expected)
+    assert got.is_contiguous(memory_format=layout)
+
+
 def test_channel_attention_gradcheck():
     torch.manual_seed(3)
     module = ChannelAttention(4).double()
