@@ -23,6 +23,7 @@ from pipeline.cli.app import (
     fail,
 )
 from pipeline.core.errors import CoconetError
+from pipeline.core.heap import keep_freed_memory
 from pipeline.core.params import (
     DEFAULT_MAX_PIXELS,
     PARAMS_FILE,
@@ -182,6 +183,7 @@ def fuse(
     from pipeline.fusion import fuse_arrays
     from pipeline.inference import fuse_directory, load_fusion_model
 
+    keep_freed_memory()
     try:
         placement = place(device, precision, max_memory)
         net = load_fusion_model(model, placement)

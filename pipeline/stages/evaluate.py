@@ -31,6 +31,7 @@ from pipeline.catalogue import CatalogueError, load_dataset
 from pipeline.catalogue.index import load_test_split, output_names, read_index
 from pipeline.core.atomic import atomic_path, write_json
 from pipeline.core.errors import InputError
+from pipeline.core.heap import keep_freed_memory
 from pipeline.core.imageio import to_grey
 from pipeline.core.params import Params
 from pipeline.core.paths import ProjectPaths
@@ -130,6 +131,7 @@ def run(params: Params, paths: ProjectPaths, device: str | None = None) -> dict[
     views = published_views(paths.published_index, test, REFERENCE_MARK)
     fingerprint = evaluation_fingerprint(read_index(paths.index), params)
     placement = place(device or ep.device, ep.precision, ep.max_memory)
+    keep_freed_memory()
     print(
         f"evaluating on {placement.device} in {placement.precision} "
         f"(evaluate.device: {ep.device}, evaluate.precision: {ep.precision})"

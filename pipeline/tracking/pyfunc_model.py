@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import save_file
 
 from models.state import fusion_state
+from pipeline.core.heap import keep_freed_memory
 from pipeline.core.placement import place
 from pipeline.tracking.model_folder import (  # noqa: F401  (load_model_dir, ModelFormatError: API)
     CONFIG_FILE,
@@ -111,6 +112,7 @@ def _load_pyfunc(data_path: str) -> FusionModel:
     where ``coconet fuse`` places by default (CUDA when present, auto precision, a share of
     the memory free at each request)."""
     placement = place()
+    keep_freed_memory()
     model = load_weights(data_path)
     model = model.to(device=placement.device, memory_format=torch.channels_last)
     return FusionModel(model, placement)
