@@ -3,6 +3,8 @@ one MLflow store per module and the tiny (CPU, few steps) params the training te
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,14 @@ import torch
 
 from pipeline.core.params import PROJECT_ROOT, Params
 from tests.helpers.mirror import TNO_DIR, mirror_dir
+
+
+@pytest.fixture(autouse=True)
+def _collector_unfrozen() -> Iterator[None]:
+    """``coconet fuse`` freezes the cycle collector's objects, as a one-shot process may
+    (``pipeline.core.heap``); run in the long-lived test process, it is undone after each test."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

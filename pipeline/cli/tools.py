@@ -23,7 +23,7 @@ from pipeline.cli.app import (
     fail,
 )
 from pipeline.core.errors import CoconetError
-from pipeline.core.heap import keep_freed_memory
+from pipeline.core.heap import imports_without_collection, keep_freed_memory
 from pipeline.core.params import (
     DEFAULT_MAX_PIXELS,
     PARAMS_FILE,
@@ -180,8 +180,9 @@ def fuse(
     except CoconetError as exc:
         fail(str(exc))
 
-    from pipeline.fusion import fuse_arrays
-    from pipeline.inference import fuse_directory, load_fusion_model
+    with imports_without_collection():  # torch: 0.3 s less
+        from pipeline.fusion import fuse_arrays
+        from pipeline.inference import fuse_directory, load_fusion_model
 
     keep_freed_memory()
     try:

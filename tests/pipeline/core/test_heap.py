@@ -3,12 +3,13 @@ ones go back to the system (a large image's tiles keep to their memory budget)."
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 
 import pytest
 
-from pipeline.core.heap import _glibc
+from pipeline.core.heap import _glibc, imports_without_collection
 
 # Allocate and touch 256 MiB as 8 MiB blocks or as one block, free it, and print how much of it
 # the process still holds (MiB).
@@ -42,3 +43,13 @@ def test_freed_blocks_up_to_32_mib_stay_in_the_process_for_reuse():
 @pytest.mark.skipif(not _glibc(), reason="glibc's mallopt")
 def test_larger_blocks_still_go_back_to_the_system():
     assert _held_after_free("keep", 256) < 64
+
+
+def test_imports_run_without_collection_and_stay_out_of_later_ones():
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # conftest unfreezes after each test
+    with imports_without_collection():
+        assert not gc.isenabled()
+        module = {"weights": [1.0, 2.0]}  # stands for what an import creates
+    assert gc.isenabled()
+    assert gc.get_freeze_count() > 0
+    assert not any(tracked is module for tracked in gc.get_objects())  # frozen: never scanned
