@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.defaults import DEFAULT_MAX_PIXELS
 from pipeline.core.errors import CoconetError
 from pipeline.core.imageio import IMAGE_SUFFIXES, ImageError, match_pairs, read_image
-from pipeline.core.params import DEFAULT_MAX_PIXELS
 
 OFFICIAL = "official"  # --model official: the authors' trained model
 MODEL_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "file:/")

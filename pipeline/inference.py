@@ -22,9 +22,9 @@ import torch
 from models.coconet import CoCoNet
 from models.state import StateDictError, check_finite, coconet_from_state
 from models.weights_file import WeightsFileError, load_weights_file
+from pipeline.core.defaults import DEFAULT_MAX_PIXELS, PROJECT_ROOT
 from pipeline.core.errors import CoconetError
 from pipeline.core.imageio import write_image
-from pipeline.core.params import DEFAULT_MAX_PIXELS, PROJECT_ROOT
 from pipeline.core.placement import Placement
 from pipeline.fusion import fuse_arrays
 from pipeline.fusion_plan import (

@@ -171,9 +171,13 @@ def test_a_planted_cycle_is_caught(tmp_path):
 # --- one place for each concern -----------------------------------------------------------
 
 LAZY_IMPORTS = {  # module -> why it imports inside functions (measured, needed; README too)
-    "pipeline/cli/tools.py": "the CLI answers --help and argument errors without torch/mlflow",
+    "pipeline/cli/tools.py": "the CLI answers --help and argument errors without torch/mlflow; "
+    "fuse never loads the params models (pydantic, 0.1 s)",
     "pipeline/cli/official.py": "the CLI answers --help and argument errors without torch",
-    "pipeline/cli/mirror.py": "fusing and --help never import pooch/requests (the fetch code)",
+    "pipeline/cli/mirror.py": "fusing and --help never import pooch/requests (the fetch code) "
+    "or the params models (pydantic, 0.1 s)",
+    "pipeline/cli/stages.py": "the stage entry and its params models (pydantic, 0.1 s) only "
+    "when a stage command runs, not for fuse",
     "flows/cli.py": "the CLI answers --help without Prefect (2-3 s to import)",
     "pipeline/core/placement.py": "params and the CLI read the vocabulary without torch",
     "pipeline/inference.py": "mlflow (about 2 s) only for a model URI neither SQLite nor a "

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pipeline.cli.app import ParamsOption, app
-from pipeline.core.params import PARAMS_FILE, DownloadParams, load_params
+from pipeline.core.defaults import PARAMS_FILE
+
+if TYPE_CHECKING:
+    from pipeline.core.params import DownloadParams
 
 mirror_app = typer.Typer(
     help="Mirrors of the public data: a folder laid out as HOST/PATH of each file's URL, what "
@@ -76,6 +79,7 @@ def build(
         set_requests,
         weight_requests,
     )
+    from pipeline.core.params import load_params
 
     requests = set_requests(datasets or mirrorable_sets())
     if not no_weights:

@@ -9,13 +9,14 @@ from typing import Any
 import typer
 
 from pipeline.cli.app import DeviceOption, ParamsOption, RootOption, app, fail
-from pipeline.core.params import PARAMS_FILE
-from pipeline.core.stage import run_stage
+from pipeline.core.defaults import PARAMS_FILE
 
 
 def _run_stage(stage: str, params_file: Path, root: Path | None, **options: Any) -> Any:
     """Run ``pipeline.stages.<stage>`` as ``python -m`` would; an expected error -> one line.
     The stage module (and with it torch, mlflow) is imported only now: ``--help`` stays fast."""
+    from pipeline.core.stage import run_stage  # the params models (pydantic): not for fuse
+
     module = importlib.import_module(f"pipeline.stages.{stage}")
     return run_stage(module.run, stage, params_file, root, fail=fail, **options)
 

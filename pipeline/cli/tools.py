@@ -22,15 +22,9 @@ from pipeline.cli.app import (
     app,
     fail,
 )
+from pipeline.core.defaults import DEFAULT_MAX_PIXELS, PARAMS_FILE, PROJECT_ROOT, Convention
 from pipeline.core.errors import CoconetError
 from pipeline.core.heap import imports_without_collection, keep_freed_memory
-from pipeline.core.params import (
-    DEFAULT_MAX_PIXELS,
-    PARAMS_FILE,
-    PROJECT_ROOT,
-    Convention,
-    load_params,
-)
 from pipeline.core.placement import Device, PlacementError, Precision, parse_memory, place
 
 IrDirOption = Annotated[Path | None, typer.Option("--ir-dir", help="Folder of infrared images.")]
@@ -225,6 +219,8 @@ def model_summary(
             raise ValueError
     except ValueError:
         fail(f"--size must look like 640x480, not {size!r}", 2)
+    from pipeline.core.params import load_params
+
     weights = vgg_weights or load_params(params_file).model.vgg_weights
 
     from rich.console import Console

@@ -26,8 +26,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.core.defaults import DEFAULT_MAX_PIXELS
 from pipeline.core.errors import CoconetError
-from pipeline.core.params import DEFAULT_MAX_PIXELS
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 FLOAT_SCALES = (1.0, 255.0, 65535.0)  # float pixels read as 0..1, 8-bit or 16-bit levels

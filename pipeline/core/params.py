@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -19,20 +18,14 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.core.defaults import (  # noqa: F401  (re-exported: the params' vocabulary)
+    DEFAULT_MAX_PIXELS,
+    PARAMS_FILE,
+    PROJECT_ROOT,
+    Convention,
+)
 from pipeline.core.errors import CoconetError
 from pipeline.core.placement import Device, Precision, parse_memory
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MAX_PIXELS = 100_000_000  # images above this many pixels are refused from their header
-PARAMS_FILE = PROJECT_ROOT / "params.yaml"
-
-
-class Convention(StrEnum):
-    """How the fusion metrics are computed (``pipeline/metrics/METRICS.md``): the IVIF MATLAB
-    toolbox's arithmetic, or the CDDFuse Python evaluator's."""
-
-    matlab = "matlab"
-    cddfuse = "cddfuse"
 
 
 class _Section(BaseModel):
