@@ -29,8 +29,7 @@ import pandas as pd
 
 from models.contrast import OutputContrast
 from pipeline.catalogue import load_dataset
-from pipeline.catalogue.fetch import cache_dir, fetch_all, resolve_mirror
-from pipeline.catalogue.mirror import file_requests
+from pipeline.catalogue.fetch import cache_dir, fetch_all, file_requests, resolve_mirror
 from pipeline.core.errors import EXPECTED_ERRORS
 from pipeline.core.imageio import read_image, to_grey, to_uint8
 from pipeline.core.params import PROJECT_ROOT

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 import pooch
@@ -46,6 +47,22 @@ class Request:
     url: str
     known_hash: str
     hint: str = ""
+
+
+class CataloguedFile(Protocol):
+    """A file the catalogue pins by public URL and sha256 (a dataset's or a published set's)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+
+def file_requests(files: Iterable[CataloguedFile]) -> list[Request]:
+    """One sha256-checked request per distinct URL of ``files``, in first-seen order."""
+    requests = {f.url: Request(url_key(f.url), f.url, f"sha256:{f.sha256}") for f in files}
+    return list(requests.values())
 
 
 def cache_dir() -> Path:

@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipeline.catalogue.fetch import Request, fetch_all
+from pipeline.catalogue.fetch import Request, fetch_all, file_requests
 from pipeline.catalogue.loader import (
     CatalogueError,
     CatalogueFile,
@@ -32,12 +32,6 @@ MANIFEST = "MANIFEST.tsv"
 WEIGHT_FAMILIES = ("vgg19", "sam", "coconet")
 
 
-def file_requests(files: Iterable[CatalogueFile]) -> list[Request]:
-    """One sha256-checked request per distinct URL of ``files``."""
-    requests = {f.url: Request(url_key(f.url), f.url, f"sha256:{f.sha256}") for f in files}
-    return list(requests.values())
-
-
 def dataset_requests(names: Iterable[str]) -> list[Request]:
     """The files of the named datasets (local, ingested datasets have no public URL)."""
     files: list[CatalogueFile] = []
@@ -51,11 +45,7 @@ def dataset_requests(names: Iterable[str]) -> list[Request]:
 
 def published_requests(names: Iterable[str]) -> list[Request]:
     """The files of the named published sets (e.g. the authors' fused results)."""
-    return [
-        Request(url_key(f.url), f.url, f"sha256:{f.sha256}")
-        for name in names
-        for f in load_published(name).files
-    ]
+    return file_requests(f for name in names for f in load_published(name).files)
 
 
 def weight_requests(selected: Iterable[tuple[str, str]]) -> list[Request]:

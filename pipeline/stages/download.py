@@ -34,6 +34,7 @@ from pipeline.catalogue.fetch import (  # noqa: F401  (re-exported for the stage
     Request,
     cache_dir,
     fetch_all,
+    file_requests,
     resolve_mirror,
     source_url,
 )
@@ -194,9 +195,13 @@ def published_rows(
     ``out/published/<set>/<dataset>/<pair>.png`` and return their rows."""
     pair_ids = {f"{d.name}/{pair}" for d in datasets for pair in d.pairs()}
     wanted = [(p, f) for p in published for f in p.files if f.pair_id in pair_ids]
-    requests = {f.key: Request(f.key, f.url, f"sha256:{f.sha256}") for _, f in wanted}
     cached = fetch_all(
-        requests.values(), cache_dir(), mirror, workers=workers, retries=retries, desc="published"
+        file_requests(f for _, f in wanted),
+        cache_dir(),
+        mirror,
+        workers=workers,
+        retries=retries,
+        desc="published",
     )
     rows = []
     for pub, f in wanted:
@@ -235,9 +240,13 @@ def run(params: Params, paths: ProjectPaths) -> pd.DataFrame:
     try:
         readme = fetch_weights(p, mirror, weights_tmp)
         remote = {f.url: f for d in datasets if not d.local for f in d.files}
-        requests = [Request(f.key, f.url, f"sha256:{f.sha256}") for f in remote.values()]
         cached = fetch_all(
-            requests, cache_dir(), mirror, workers=p.workers, retries=p.retries, desc="datasets"
+            file_requests(remote.values()),
+            cache_dir(),
+            mirror,
+            workers=p.workers,
+            retries=p.retries,
+            desc="datasets",
         )
         sources = {url: cached[f.key] for url, f in remote.items()}
         sources |= {

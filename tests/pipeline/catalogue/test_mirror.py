@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.catalogue.fetch import Request, fetch_all
+from pipeline.catalogue.fetch import Request, fetch_all, file_requests
 from pipeline.catalogue.loader import load_dataset
 from pipeline.catalogue.published import load_published
 from pipeline.cli import app
@@ -106,3 +106,15 @@ def test_unknown_names_are_one_line_errors(tmp_path):
         assert value in str(result.exception)
     result = runner.invoke(app, ["mirror", "build", str(tmp_path / "m"), "--weights", "sam"])
     assert result.exit_code == 2 and "FAMILY:VARIANT" in result.output
+
+
+def test_requests_are_sha256_checked_once_per_url_for_datasets_and_published_sets():
+    files = list(load_dataset(DATASET).files)
+    authors = list(load_published("coconet_authors").files)
+    requests = file_requests(files + files[:3] + authors)
+    assert len(requests) == len({f.url for f in files + authors})
+    first = requests[0]
+    assert first.url == files[0].url and first.known_hash == f"sha256:{files[0].sha256}"
+    assert first.key == files[0].url.partition("://")[2]
+    last = requests[-1]
+    assert last.url == authors[-1].url and last.known_hash == f"sha256:{authors[-1].sha256}"
