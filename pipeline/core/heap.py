@@ -11,6 +11,10 @@ With no threshold at all it took 20% less, but a 4000x3000 pair fused in tiles t
 2.6 GB beyond its ``--max-memory`` budget: the bound keeps the tiled peaks where they were
 (benchmarks/bench_fuse_memory.py). Called by the processes that fuse (``coconet fuse``, the
 evaluate stage, the served model); training gained nothing (its patches are small) and is left.
+This holds for the main thread's heap. glibc gives other threads heaps of their own, which kept
+only part of what was freed here; a process can share one heap among all threads only from its
+start (``MALLOC_ARENA_MAX=1``, read before any thread exists), which is why the README starts the
+model server with it (MLflow fuses each request on a worker thread).
 :func:`imports_without_collection` is for one-shot commands (``coconet fuse``).
 """
 
