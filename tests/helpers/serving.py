@@ -33,7 +33,8 @@ def served_champion(
     command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     with open(log, "w") as out:
         server = subprocess.Popen(
-            command, cwd=cwd, env={**env, "PATH": path}, stdout=out, stderr=subprocess.STDOUT,
+            command, cwd=cwd, env={**env, "PATH": path, "MALLOC_ARENA_MAX": "1"},  # as the README
+            stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
     try:
