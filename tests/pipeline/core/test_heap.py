@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pipeline.core.heap import _glibc, imports_without_collection
+from pipeline.core.heap import _glibc, imports_without_collection, thread_heap_hint
 
 # Allocate and touch 256 MiB as 8 MiB blocks or as one block, free it, and print how much of it
 # the process still holds (MiB).
@@ -53,3 +53,11 @@ def test_imports_run_without_collection_and_stay_out_of_later_ones():
     assert gc.is_tracked(module) and gc.isenabled()
     assert gc.get_freeze_count() > 0
     assert not any(tracked is module for tracked in gc.get_objects())  # frozen: never scanned
+
+
+@pytest.mark.skipif(not _glibc(), reason="glibc's arenas")
+def test_a_server_without_one_shared_heap_is_told_how_to_start(monkeypatch):
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert "start the server with MALLOC_ARENA_MAX=1" in thread_heap_hint()
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "1")
+    assert thread_heap_hint() is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import logging
 import os
 import pickle
 import shlex
@@ -25,6 +26,7 @@ from typer.testing import CliRunner
 
 from models.state import fusion_state, is_contrast_only
 from pipeline.cli import app
+from pipeline.core.heap import _glibc
 from pipeline.core.imageio import write_image
 from pipeline.core.params import Params
 from pipeline.core.paths import ProjectPaths
@@ -278,6 +280,15 @@ def _post(url: str, body: bytes, timeout: float = 60) -> tuple[int, bytes]:
 
 
 @pytest.mark.slow
+def test_loading_tells_how_to_start_a_fast_server(tmp_path, random_model, monkeypatch, caplog):
+    config = {"vgg_weights": "random"}
+    folder = pyfunc_model.write_model_data(random_model, tmp_path / "m", config)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    with caplog.at_level(logging.WARNING, logger=pyfunc_model.__name__):
+        pyfunc_model._load_pyfunc(str(folder))
+    assert ("start the server with MALLOC_ARENA_MAX=1" in caplog.text) == _glibc()
+
+
 def test_mlflow_models_serve_fuses_over_rest(store, mlflow_store, tmp_path):
     import json
 
@@ -318,3 +329,4 @@ def test_mlflow_models_serve_fuses_over_rest(store, mlflow_store, tmp_path):
             assert time.monotonic() - tic < 5, case
         status, _ = _post(url, json.dumps({"dataframe_records": good}).encode())
         assert status == 200 and server.poll() is None  # still serving
+    assert "MALLOC_ARENA_MAX is not 1" not in (tmp_path / "serve.log").read_text()  # README way
