@@ -48,12 +48,18 @@ start() {
     echo "export PREFECT_API_URL=http://127.0.0.1:$prefect_port/api"
 }
 
-stop() {
+stop() {  # returns once the servers have ended (SIGTERM, then SIGKILL after 30 s)
+    local groups=()
     for name in prefect mlflow; do
         if [ -f "$dir/$name.pid" ]; then
-            kill -- "-$(cat "$dir/$name.pid")" 2>/dev/null || true
+            groups+=("$(cat "$dir/$name.pid")")
+            kill -- "-${groups[-1]}" 2>/dev/null || true
             rm -f "$dir/$name.pid"
         fi
+    done
+    for group in "${groups[@]}"; do
+        for _ in $(seq 60); do kill -0 -- "-$group" 2>/dev/null || break; sleep 0.5; done
+        kill -KILL -- "-$group" 2>/dev/null || true
     done
     if [ -f "$dir/pg/postmaster.pid" ]; then as_pg "$pg_bin/pg_ctl" -D "$dir/pg" -m fast -w stop >/dev/null; fi
 }
