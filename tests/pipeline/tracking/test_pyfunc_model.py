@@ -279,7 +279,6 @@ def _post(url: str, body: bytes, timeout: float = 60) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-@pytest.mark.slow
 def test_loading_tells_how_to_start_a_fast_server(tmp_path, random_model, monkeypatch, caplog):
     config = {"vgg_weights": "random"}
     folder = pyfunc_model.write_model_data(random_model, tmp_path / "m", config)
@@ -289,6 +288,7 @@ def test_loading_tells_how_to_start_a_fast_server(tmp_path, random_model, monkey
     assert ("start the server with MALLOC_ARENA_MAX=1" in caplog.text) == _glibc()
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve_fuses_over_rest(store, mlflow_store, tmp_path):
     import json
 
