@@ -12,7 +12,7 @@ from importlib.metadata import entry_points
 
 import typer
 
-from pipeline.cli import mirror, official, stages, tools  # noqa: F401  (register commands)
+from pipeline.cli import mirror, official, stages, teardown, tools  # noqa: F401  (commands)
 from pipeline.cli.app import app, report_warnings
 from pipeline.core.errors import EXPECTED_ERRORS
 
@@ -29,8 +29,10 @@ load_plugins()
 
 
 def main() -> None:
-    """Entry point that turns expected user errors into one-line messages."""
+    """Entry point that turns expected user errors into one-line messages (raises SystemExit,
+    as any click application does)."""
     report_warnings()
+    teardown.reset()
     try:
         app()
     except EXPECTED_ERRORS as exc:
@@ -38,7 +40,17 @@ def main() -> None:
         sys.exit(1)
 
 
-__all__ = ["app", "main"]
+def console_script() -> None:
+    """The ``coconet`` executable (and ``python -m pipeline.cli``): :func:`main`, then the process
+    ends without Python's teardown where the command asked for it (:mod:`.teardown`)."""
+    try:
+        main()
+    except SystemExit as done:
+        teardown.end_process(done.code)
+        raise
+
+
+__all__ = ["app", "console_script", "main"]
 
 if __name__ == "__main__":
-    main()
+    console_script()

@@ -1,5 +1,5 @@
 """``python -m pipeline.cli``: the ``coconet`` command."""
 
-from pipeline.cli import main
+from pipeline.cli import console_script
 
-main()
+console_script()

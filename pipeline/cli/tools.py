@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cli import teardown
 from pipeline.cli.app import (
     Bits,
     ImageFormat,
@@ -177,6 +178,7 @@ def fuse(
     with imports_without_collection():  # torch: 0.3 s less
         from pipeline.fusion import fuse_arrays
         from pipeline.inference import fuse_directory, load_fusion_model
+    teardown.skip_teardown()  # outputs are closed when fuse returns: 0.15-0.3 s less at the end
 
     keep_freed_memory()
     try:

@@ -102,6 +102,7 @@ def test_cli_prints_the_precision_and_refuses_a_hopeless_budget(model_checkpoint
     ok = _fuse_cli(model_checkpoint, tmp_path, "--precision", "fp32")
     assert ok.returncode == 0, ok.stderr
     assert "fused on cpu, fp32, memory budget free memory (--precision fp32)" in ok.stdout
+    assert read_image(tmp_path / "out.png").shape == (48, 64)  # whole, though teardown skipped
     tiny = _fuse_cli(model_checkpoint, tmp_path / "tiny", "--max-memory", "1MB")
     assert tiny.returncode == 1 and "needs at least" in tiny.stderr
     assert "Traceback" not in tiny.stderr
