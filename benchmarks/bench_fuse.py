@@ -5,6 +5,9 @@ Times, as a user waits for them, one 640x480 pair in bf16 (or ``--precision``):
 * the network alone (the loaded model on channels-last inputs under ``inference_mode``);
 * ``coconet fuse`` from a model file, and from ``models:/coconet@champion`` (a temporary SQLite
   MLflow store): the whole command, Python start-up included;
+* ``uv run coconet fuse`` from the model file, as the README runs it (uv's own start and its
+  check that the environment matches ``uv.lock`` included; only for this checkout, with uv on
+  PATH);
 * ``coconet fuse`` over 8 pairs in one call: what each further pair adds;
 * ``mlflow models serve`` (``--env-manager local``): one 640x480 request (base64 PNGs), the
   server started as the README starts it (``MALLOC_ARENA_MAX=1``: every thread on one glibc heap)
@@ -31,9 +34,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib.util
 import json
 import os
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -129,6 +134,18 @@ def _pairs(work: Path, mirror: Path) -> tuple[Path, Path]:
                 image = Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH), dtype=np.uint8))
             image.save(folder / f"p{index}.png")
     return vis_dir, ir_dir
+
+
+def _bytecode_note() -> str | None:
+    """Why every call would compile torch from source here, or None: no bytecode cache for
+    torch and Python told not to write one (``PYTHONDONTWRITEBYTECODE``)."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None or not sys.dont_write_bytecode:
+        return None
+    if Path(importlib.util.cache_from_source(spec.origin)).is_file():
+        return None
+    return ("torch has no bytecode cache and PYTHONDONTWRITEBYTECODE is set: every call compiles "
+            "it from source (about 2.5 s more); run `uv sync --compile-bytecode` once")  # fmt: skip
 
 
 def _children_cpu() -> float:
@@ -269,6 +286,11 @@ def main() -> None:
                 None,
             ),
         }
+        uv = shutil.which("uv")
+        if uv is not None and source == ROOT:  # the README's way, in this project's environment
+            readme_way = [uv, "run", "--quiet", "coconet", "fuse", "--precision", args.precision]
+            readme_way += ["--model", str(model), *pair, "-o", str(work / "c.png")]
+            commands["uv"] = (readme_way, None)
         network, walls = [], {name: [] for name in commands}
         cpu: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.runs):  # each round: the network, then every command
@@ -296,6 +318,8 @@ def main() -> None:
     ratio = {name: statistics.median(w / n for w, n in zip(times, network, strict=True))
              for name, times in {**walls, "further": further}.items()}  # fmt: skip
     print(f"load average at end {os.getloadavg()[0]:.2f}")
+    if (note := _bytecode_note()) is not None:
+        print(f"note: {note}")
     print(f"{'what':<48} {'median s':>9} {'x network':>10} {'CPU s':>7}  target (x network: "
           "median of the rounds' ratios)")  # fmt: skip
     _row(f"network alone ({args.precision}, {WIDTH}x{HEIGHT})", net, 1.0)
@@ -306,6 +330,12 @@ def main() -> None:
         target = TARGETS[name]
         verdict = f"<= {target:.1f} s: {_verdict(median[name] <= target)}"
         _row(f"fuse one pair, {label}", median[name], ratio[name], verdict, cpu[name])
+    if "uv" in median:
+        verdict = f"<= {TARGETS['file']:.1f} s: {_verdict(median['uv'] <= TARGETS['file'])}"
+        _row("  the same as the README runs it (uv run coconet)", median["uv"], ratio["uv"],
+             verdict, cpu["uv"])  # fmt: skip
+    else:
+        print("  (uv run coconet fuse: not timed; it needs uv on PATH and this checkout)")
     for name in ("file", "registry"):
         added = statistics.median(w - n for w, n in zip(walls[name], network, strict=True))
         budget = TARGETS[name] - ISSUE_NETWORK
