@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import logging
 import os
 import tempfile
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ import torch
 from safetensors.torch import save_file
 
 from models.state import fusion_state
-from pipeline.core.heap import keep_freed_memory, thread_heap_hint
+from pipeline.core.heap import keep_freed_memory
 from pipeline.core.placement import place
 from pipeline.tracking.model_folder import (  # noqa: F401  (load_model_dir, ModelFormatError: API)
     CONFIG_FILE,
@@ -51,7 +50,6 @@ from pipeline.tracking.model_folder import (  # noqa: F401  (load_model_dir, Mod
 )
 from pipeline.tracking.served_model import SIGNATURE, FusionModel, input_example
 
-log = logging.getLogger(__name__)
 PACKAGE = "coconet"
 REQUIRED = ("torch", "torchvision", "numpy", "safetensors", "pandas", "pillow", "kornia")
 REQUIRED += ("tifffile", "psutil", "pyyaml", "mlflow")
@@ -115,8 +113,6 @@ def _load_pyfunc(data_path: str) -> FusionModel:
     the memory free at each request)."""
     placement = place()
     keep_freed_memory()
-    if hint := thread_heap_hint():
-        log.warning(hint)
     model = load_weights(data_path)
     model = model.to(device=placement.device, memory_format=torch.channels_last)
     return FusionModel(model, placement)

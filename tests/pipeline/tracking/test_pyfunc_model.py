@@ -12,6 +12,7 @@ import pickle
 import shlex
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -34,7 +35,7 @@ from pipeline.core.placement import place
 from pipeline.fusion import fuse_arrays
 from pipeline.inference import ModelLoadError, load_fusion_model
 from pipeline.stages import register as reg
-from pipeline.tracking import pyfunc_model
+from pipeline.tracking import pyfunc_model, served_model
 from pipeline.tracking.served_model import RequestError
 from tests.helpers.hostile import png_header_only
 from tests.helpers.models import CPU_FP32
@@ -279,13 +280,26 @@ def _post(url: str, body: bytes, timeout: float = 60) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def test_loading_tells_how_to_start_a_fast_server(tmp_path, random_model, monkeypatch, caplog):
+def test_fusing_on_a_worker_thread_tells_how_to_start_a_fast_server(
+    tmp_path, random_model, monkeypatch, caplog
+):
+    """MLflow's server fuses on worker threads: the first such request warns (glibc, without
+    MALLOC_ARENA_MAX=1), once; loading and fusing on the main thread (a script, MLflow checking
+    the input example while a training run logs the model) do not."""
     config = {"vgg_weights": "random"}
     folder = pyfunc_model.write_model_data(random_model, tmp_path / "m", config)
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    with caplog.at_level(logging.WARNING, logger=pyfunc_model.__name__):
-        pyfunc_model._load_pyfunc(str(folder))
-    assert ("start the server with MALLOC_ARENA_MAX=1" in caplog.text) == _glibc()
+    pair = {"vis": np.full((16, 16), 0.5).tolist(), "ir": np.full((16, 16), 0.25).tolist()}
+    hint = "start the server with MALLOC_ARENA_MAX=1"
+    with caplog.at_level(logging.WARNING, logger=served_model.__name__):
+        served = pyfunc_model._load_pyfunc(str(folder))
+        served.predict(pair)
+        assert hint not in caplog.text
+        for _ in range(2):
+            worker = threading.Thread(target=served.predict, args=(pair,))
+            worker.start()
+            worker.join()
+    assert caplog.text.count(hint) == (1 if _glibc() else 0)
 
 
 @pytest.mark.slow
