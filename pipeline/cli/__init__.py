@@ -12,7 +12,8 @@ from importlib.metadata import entry_points
 
 import typer
 
-from pipeline.cli import mirror, official, stages, teardown, tools  # noqa: F401  (commands)
+# mirror, official, stages and tools register their commands on import; teardown ends the process
+from pipeline.cli import mirror, official, stages, teardown, tools  # noqa: F401
 from pipeline.cli.app import app, report_warnings
 from pipeline.core.errors import EXPECTED_ERRORS
 
