@@ -8,15 +8,20 @@ Validation sets, all outside every test split (``data/raw/index.csv``):
   (their scenes are trained on through ``tno_masked``, so this measures closeness to the
   authors' outputs, not generalisation): the model's mean of each of the paper's metrics (EN,
   SD, SF, AG, SCD, VIF) against the authors' on the same pairs;
-* ``--extra NAME``: a catalogue dataset of validation pairs only, outside ``download.datasets``
-  (``m3fd_val``: 30 M3FD pairs, none of them an m3fd test pair), fetched into the download cache
-  and checked by sha256 (through ``COCONET_MIRROR`` or ``--mirror``): wins over the average.
+* ``--extra NAME``: the validation pairs of a catalogue dataset outside ``download.datasets``,
+  fetched into the download cache and checked by sha256 (through ``COCONET_MIRROR`` or
+  ``--mirror``): wins over the average (``m3fd_val``: 30 M3FD pairs, none of them an m3fd test
+  pair); where the dataset names a ``reference`` published set, the deviation from those
+  released fusions too (``tno_authors``: the authors' fusions of 18 more TNO pairs, no image
+  of them a near-duplicate of a test image);
+* ``authors:all``, when more than one set has the authors' fusions: the deviation over all
+  their pairs together.
 
 The model's output contrast (``model.output_mean``/``output_sd``, applied at inference) can be
 overridden to choose it without retraining::
 
     uv run python scripts/validate.py artifacts/model.pt [--output-mean 0.42 --output-sd 0.25]
-        [--extra m3fd_val] [--json validation.json]
+        [--extra m3fd_val --extra tno_authors] [--json validation.json]
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import pandas as pd
 from models.contrast import OutputContrast
 from pipeline.catalogue import load_dataset
 from pipeline.catalogue.fetch import cache_dir, fetch_all, file_requests, resolve_mirror
+from pipeline.catalogue.published import load_published
 from pipeline.core.errors import EXPECTED_ERRORS
 from pipeline.core.imageio import read_image, to_grey, to_uint8
 from pipeline.core.params import PROJECT_ROOT
@@ -41,7 +47,7 @@ from pipeline.inference import load_checkpoint_model
 from pipeline.metrics import METRIC_NAMES, beats, compute_metrics, mean_metrics
 
 PAPER_METRICS = ("EN", "SD", "SF", "AG", "SCD", "VIF")
-VAL_SET, AUTHORS_SET = "roadscene:val", "tno40:authors"
+VAL_SET, AUTHORS_SET, ALL_AUTHORS = "roadscene:val", "tno40:authors", "authors:all"
 
 
 def validation_pairs(root: Path) -> dict[str, pd.DataFrame]:
@@ -60,26 +66,40 @@ def validation_pairs(root: Path) -> dict[str, pd.DataFrame]:
 
 
 def extra_pairs(name: str, root: Path, mirror: str | None = None) -> pd.DataFrame:
-    """Rows (``pair_id``, absolute ``vis`` and ``ir``) of catalogue dataset ``name``, fetched
-    into the download cache; every pair must be a ``val`` pair and share no file with a test
-    pair of ``root``'s index (SystemExit naming them otherwise)."""
+    """Rows (``pair_id``, absolute ``vis`` and ``ir``, and ``published`` where the dataset has a
+    reference) of the ``val`` pairs of catalogue dataset ``name``, fetched into the download
+    cache; no pair may be a test pair, nor share a file with a test pair of ``root``'s index
+    (SystemExit naming them otherwise)."""
     dataset = load_dataset(name)
     pairs = dataset.pairs()
-    not_val = [pair for pair in pairs if dataset.split_of(pair) != "val"]
-    if not_val:
-        raise SystemExit(f"{name}: pairs {not_val[:5]} are not validation pairs (split val)")
+    tests = [pair for pair in pairs if dataset.split_of(pair) == "test"]
+    if tests or dataset.split != "val":
+        raise SystemExit(f"{name}: pairs {(tests or list(pairs))[:5]} are not validation pairs")
+    pairs = {pair: files for pair, files in pairs.items() if dataset.split_of(pair) == "val"}
     index = pd.read_csv(ProjectPaths(root).index, dtype=str, keep_default_na=False)
     test = index[index["split"] == "test"]
     tested = {h for col in ("ir_sha256", "vis_sha256") if col in test for h in test[col]}
     shared = sorted(f.url for f in dataset.files if f.sha256 in tested)
     if shared:
         raise SystemExit(f"{name}: files that are also test pairs' files: {shared[:3]}")
-    cached = fetch_all(file_requests(dataset.files), cache_dir(), mirror, desc=name)
-    rows = [
-        {"pair_id": f"{name}/{pair}", **{r: cached[f[r].key].resolve() for r in ("vis", "ir")}}
-        for pair, f in pairs.items()
-    ]
-    return pd.DataFrame(rows, columns=["pair_id", "vis", "ir"])
+    files = [f for roles in pairs.values() for f in roles.values()]
+    released = {}
+    if dataset.reference:
+        by_name = {f.result: f for f in load_published(dataset.reference).files}
+        missing = sorted(set(pairs) - set(by_name))
+        if missing:
+            raise SystemExit(f"{name}: no {dataset.reference} result for pairs {missing[:5]}")
+        released = {pair: by_name[pair] for pair in pairs}
+    requests = file_requests([*files, *released.values()])
+    cached = fetch_all(requests, cache_dir(), mirror, desc=name)
+    rows = []
+    for pair, roles in pairs.items():
+        row = {"pair_id": f"{name}/{pair}"}
+        row |= {r: cached[roles[r].key].resolve() for r in ("vis", "ir")}
+        if pair in released:
+            row["published"] = cached[released[pair].key].resolve()
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["pair_id", "vis", "ir", *(["published"] * bool(released))])
 
 
 def wins(model: dict[str, float], baseline: dict[str, float]) -> list[str]:
@@ -104,24 +124,36 @@ def validate(
         model.output_contrast = contrast
     placement = place("cpu", "auto")
     result: dict[str, dict] = {}
+    released: list[dict[str, dict[str, float]]] = []  # per pair with the authors' fusion
     for name, rows in sets.items():
         scores: dict[str, list[dict[str, float]]] = {}
         for row in rows.itertuples(index=False):
             vis, ir = (to_grey(read_image(root / p)) for p in (row.vis, row.ir))
             ir8, vis8 = to_uint8(ir), to_uint8(vis)
             fused = {"model": fuse_arrays(model, vis, ir, placement), "average": average(vis, ir)}
-            if name == AUTHORS_SET:
+            if "published" in rows:
                 fused["authors"] = to_grey(read_image(root / row.published))
-            for method, image in fused.items():
-                scores.setdefault(method, []).append(compute_metrics(ir8, vis8, to_uint8(image)))
-        means = {method: mean_metrics(rows_) for method, rows_ in scores.items()}
-        entry = {"pairs": len(rows), "means": means, "wins": wins(means["model"], means["average"])}
-        if "authors" in means:
-            entry["deviation"] = {
-                m: means["model"][m] / means["authors"][m] - 1 for m in PAPER_METRICS
-            }
-        result[name] = entry
+            pair = {m: compute_metrics(ir8, vis8, to_uint8(image)) for m, image in fused.items()}
+            for method, metrics in pair.items():
+                scores.setdefault(method, []).append(metrics)
+            if "authors" in pair:
+                released.append(pair)
+        result[name] = _entry(scores)
+    if sum("deviation" in entry for entry in result.values()) > 1:
+        result[ALL_AUTHORS] = _entry({m: [pair[m] for pair in released] for m in released[0]})
     return result
+
+
+def _entry(scores: dict[str, list[dict[str, float]]]) -> dict:
+    """A set's pair count, means per method, the model's wins over the average and, where the
+    authors' fusions exist, its deviation from them on the paper's metrics and their wins."""
+    means = {method: mean_metrics(rows) for method, rows in scores.items()}
+    entry = {"pairs": len(scores["model"]), "means": means}
+    entry["wins"] = wins(means["model"], means["average"])
+    if "authors" in means:  # and how often the authors' own fusions beat the average
+        entry["deviation"] = {m: means["model"][m] / means["authors"][m] - 1 for m in PAPER_METRICS}
+        entry["authors_wins"] = wins(means["authors"], means["average"])
+    return entry
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="also score this catalogue dataset of validation pairs (e.g. m3fd_val)",
+        help="also score this catalogue dataset's validation pairs (m3fd_val, tno_authors)",
     )
     parser.add_argument("--mirror", help="read --extra files from this mirror (COCONET_MIRROR)")
     parser.add_argument("--json", type=Path, help="also write the result here")
@@ -157,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         table = pd.DataFrame(entry["means"]).T[METRIC_NAMES]
         print(f"== {name} ({entry['pairs']} pairs)\n{table.to_string(float_format='%.4g')}")
         print(f"model beats the pixel average on {len(entry['wins'])} of 12: {entry['wins']}")
+        if "authors_wins" in entry:
+            print(f"the authors beat it on {len(entry['authors_wins'])}: {entry['authors_wins']}")
         if "deviation" in entry:
             dev = ", ".join(f"{m} {v:+.1%}" for m, v in entry["deviation"].items())
             print(f"model vs the authors: {dev}")

@@ -65,6 +65,7 @@ class Dataset:
     local: bool = False  # files are project-relative paths, not URLs
     reasons: dict[str, str] = field(default_factory=dict)  # pair -> why it left the split
     notes: tuple[str, ...] = ()  # what an evaluation report on this dataset must say
+    reference: str = ""  # a published set whose result named like a pair is its fusion
 
     def pairs(self) -> dict[str, dict[str, CatalogueFile]]:
         """Files grouped by pair name, sorted naturally (2 before 10)."""
@@ -220,6 +221,7 @@ def load_dataset(name: str) -> Dataset:
         local=bool(meta.get("local", False)),
         reasons=reasons,
         notes=tuple(str(n) for n in meta.get("notes", ())),
+        reference=str(meta.get("reference", "")),
     )
     incomplete = [p for p, roles in dataset.pairs().items() if not {"ir", "vis"} <= set(roles)]
     if incomplete:
