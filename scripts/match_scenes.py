@@ -19,20 +19,14 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from flows.inbox.guard import match_score, reference_grid
+from flows.inbox.guard import match_score, read_grey, reference_grid
 from pipeline.catalogue import load_dataset
 from pipeline.catalogue.fetch import cache_dir, fetch_all, file_requests
-from pipeline.core.imageio import read_image, to_grey
 
 COLUMNS = ("pair", "nearest", "score", "nearest_test", "test_score")
-
-
-def _grey(path: Path) -> np.ndarray:
-    return np.ascontiguousarray(to_grey(read_image(path)), dtype=np.float32)
 
 
 def _pairs(name: str, mirror: str) -> list[tuple[str, bool, dict[str, np.ndarray]]]:
@@ -44,16 +38,19 @@ def _pairs(name: str, mirror: str) -> list[tuple[str, bool, dict[str, np.ndarray
         (
             f"{name}/{pair}",
             dataset.split_of(pair) == "test",
-            {r: _grey(cached[files[r].key]) for r in ("ir", "vis")},
+            {r: read_grey(cached[files[r].key]) for r in ("ir", "vis")},
         )
         for pair, files in dataset.pairs().items()
     ]
 
 
-def pair_score(images: dict[str, np.ndarray], grids: dict[str, np.ndarray]) -> float:
+def pair_score(
+    images: dict[str, np.ndarray], grids: dict[str, np.ndarray], caches: dict[str, dict]
+) -> float:
     """How closely a pair matches another (its :func:`reference_grid` per role): the higher of
-    the infrared and visible scores."""
-    return max(match_score(images[r], grids[r]) for r in ("ir", "vis"))
+    the infrared and visible scores. ``caches`` (one dict per role) keeps each image's scaled
+    copies between references of one size."""
+    return max(match_score(images[r], grids[r], caches[r]) for r in ("ir", "vis"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,8 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     writer = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
     writer.writerow(COLUMNS)
     for pair_id, _, images in _pairs(args.name, args.mirror):
+        caches: dict[str, dict] = {role: {} for role in images}
         scored = sorted(
-            ((pair_score(images, grids), ref, test) for ref, test, grids in references),
+            ((pair_score(images, grids, caches), ref, test) for ref, test, grids in references),
             reverse=True,
         )
         best = scored[0]

@@ -123,24 +123,22 @@ def validate(
     if contrast is not False:
         model.output_contrast = contrast
     placement = place("cpu", "auto")
-    result: dict[str, dict] = {}
-    released: list[dict[str, dict[str, float]]] = []  # per pair with the authors' fusion
+    scored: dict[str, dict[str, list[dict[str, float]]]] = {}  # set -> method -> per pair
     for name, rows in sets.items():
-        scores: dict[str, list[dict[str, float]]] = {}
+        scores = scored[name] = {}
         for row in rows.itertuples(index=False):
             vis, ir = (to_grey(read_image(root / p)) for p in (row.vis, row.ir))
             ir8, vis8 = to_uint8(ir), to_uint8(vis)
             fused = {"model": fuse_arrays(model, vis, ir, placement), "average": average(vis, ir)}
             if "published" in rows:
                 fused["authors"] = to_grey(read_image(root / row.published))
-            pair = {m: compute_metrics(ir8, vis8, to_uint8(image)) for m, image in fused.items()}
-            for method, metrics in pair.items():
-                scores.setdefault(method, []).append(metrics)
-            if "authors" in pair:
-                released.append(pair)
-        result[name] = _entry(scores)
-    if sum("deviation" in entry for entry in result.values()) > 1:
-        result[ALL_AUTHORS] = _entry({m: [pair[m] for pair in released] for m in released[0]})
+            for method, image in fused.items():
+                scores.setdefault(method, []).append(compute_metrics(ir8, vis8, to_uint8(image)))
+    result = {name: _entry(scores) for name, scores in scored.items()}
+    released = [scores for scores in scored.values() if "authors" in scores]
+    if len(released) > 1:
+        pooled = {m: [row for scores in released for row in scores[m]] for m in released[0]}
+        result[ALL_AUTHORS] = _entry(pooled)
     return result
 
 

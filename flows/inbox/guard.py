@@ -54,7 +54,8 @@ def _grid(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.GaussianBlur(resized, (0, 0), BAND[0]) - cv2.GaussianBlur(resized, (0, 0), BAND[1])
 
 
-def _grey(path: Path) -> np.ndarray:
+def read_grey(path: Path) -> np.ndarray:
+    """An image file as the matcher reads it: grey, float32, contiguous."""
     return np.ascontiguousarray(to_grey(read_image(path)), dtype=np.float32)
 
 
@@ -118,7 +119,7 @@ def load_held_out(root: Path) -> list[HeldOutImage]:
         for role in IMAGE_ROLES:
             path = root / row[role]
             try:
-                grid = reference_grid(_grey(path))
+                grid = reference_grid(read_grey(path))
             except (ImageError, OSError) as exc:
                 raise InboxError(f"{path}: test image listed in {index} unreadable: {exc}") from exc
             held_out.append(HeldOutImage(row["pair_id"], role, path, grid))
@@ -132,7 +133,7 @@ def nearest_held_out(
     ``pair`` in any of its eight orientations."""
     best = None
     for role in IMAGE_ROLES:
-        for image in orientations(_grey(pair.files[role])):
+        for image in orientations(read_grey(pair.files[role])):
             cache: dict = {}
             for test in held_out:
                 score = match_score(image, test.grid, cache)
